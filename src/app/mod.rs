@@ -1,0 +1,207 @@
+//! The running pooler: listeners, the shared state sessions use (configuration, users, pools,
+//! cancel keys), background pool maintenance, reload and shutdown.
+
+mod cancel;
+mod pools;
+
+pub use cancel::{CancelRegistration, CancelRegistry, CancelSlot};
+pub use pools::{settings_for, PoolKey, PoolRegistry};
+
+use crate::auth::{AuthError, UserStore};
+use crate::config::{Config, ConfigError};
+use crate::protocol::backend::{self, Severity, SqlState};
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Errors starting or reloading sluice.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The users could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+/// State every session shares.
+pub struct Shared {
+    /// The live configuration; a reload swaps it whole.
+    pub config: ArcSwap<Config>,
+    /// The users clients log in as.
+    pub users: ArcSwap<UserStore>,
+    /// The server pools.
+    pub pools: PoolRegistry,
+    /// Cancel keys.
+    pub cancels: Arc<CancelRegistry>,
+    /// Cancelled when sluice shuts down: idle sessions end, busy ones end after their
+    /// transaction.
+    pub shutdown: CancellationToken,
+    clients: AtomicUsize,
+}
+
+impl Shared {
+    /// Connected clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// A running sluice.
+pub struct Sluice {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    sessions: TaskTracker,
+    stop_accepting: CancellationToken,
+}
+
+impl Sluice {
+    /// Binds the listeners and starts serving. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`AppError`] when a listener cannot be bound or the users cannot be loaded.
+    pub async fn start(config: Config) -> Result<Sluice, AppError> {
+        config.validate()?;
+        let users = UserStore::from_config(&config)?;
+        let mut listeners = Vec::new();
+        for addr in config.listen_addrs() {
+            let l = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
+            listeners.push(l);
+        }
+        let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let shared = Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            users: ArcSwap::new(users),
+            pools: PoolRegistry::default(),
+            cancels: Arc::new(CancelRegistry::default()),
+            shutdown: CancellationToken::new(),
+            clients: AtomicUsize::new(0),
+        });
+        let sluice = Sluice {
+            shared,
+            addrs,
+            sessions: TaskTracker::new(),
+            stop_accepting: CancellationToken::new(),
+        };
+        for l in listeners {
+            tokio::spawn(accept_loop(l, sluice.shared.clone(), sluice.sessions.clone(), sluice.stop_accepting.clone()));
+        }
+        tokio::spawn(maintain_pools(sluice.shared.clone()));
+        Ok(sluice)
+    }
+
+    /// The bound addresses (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Applies a new configuration without dropping clients. An invalid one is refused and
+    /// the old one stays.
+    ///
+    /// # Errors
+    /// [`AppError`] naming what is wrong.
+    pub fn reload(&self, config: Config) -> Result<(), AppError> {
+        config.validate()?;
+        let users = UserStore::from_config(&config)?;
+        self.shared.pools.reconfigure(&config);
+        self.shared.users.store(users);
+        self.shared.config.store(Arc::new(config));
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Shuts down: stops accepting, ends idle sessions at once and busy ones when their
+    /// transaction ends, waiting at most `grace` (zero = close at once).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.stop_accepting.cancel();
+        self.shared.shutdown.cancel();
+        self.sessions.close();
+        if !grace.is_zero() && tokio::time::timeout(grace, self.sessions.wait()).await.is_err() {
+            tracing::warn!(remaining = self.sessions.len(), "shutdown timeout: closing sessions still running");
+        }
+        self.shared.pools.close_all();
+    }
+
+    /// Resolves when every session has ended after [`Sluice::shutdown`].
+    pub async fn wait(&self) {
+        self.sessions.wait().await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, sessions: TaskTracker, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let max = shared.config.load().server.max_client_conn;
+        if shared.clients.fetch_add(1, Ordering::AcqRel) >= max {
+            shared.clients.fetch_sub(1, Ordering::AcqRel);
+            tokio::spawn(refuse_full(stream));
+            continue;
+        }
+        let shared = shared.clone();
+        sessions.spawn(async move {
+            let counted = ClientCount(shared.clone());
+            crate::session::serve(stream, shared).await;
+            drop(counted);
+        });
+    }
+}
+
+struct ClientCount(Arc<Shared>);
+
+impl Drop for ClientCount {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn refuse_full(mut stream: TcpStream) {
+    let mut out = bytes::BytesMut::new();
+    backend::error_response(&mut out, Severity::Fatal, SqlState::TOO_MANY_CONNECTIONS, "no more connections allowed (max_client_conn)");
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&out)).await;
+}
+
+async fn maintain_pools(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        for (_, pool) in shared.pools.all() {
+            pool.maintain().await;
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The pools, one per (database, server user, server address), created when a client first
+//! needs one and reconfigured in place on reload.
+
+use crate::config::{Config, DatabaseSection};
+use crate::pool::{Pool, PoolSettings};
+use crate::server::{PgConnector, ServerTarget};
+use dashmap::DashMap;
+use std::time::Duration;
+
+/// Identifies a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    /// The database name clients use.
+    pub database: String,
+    /// The role sluice logs in as.
+    pub user: String,
+    /// The server, host:port.
+    pub server: String,
+}
+
+/// Pool settings for a database from the configuration.
+pub fn settings_for(config: &Config, db: &DatabaseSection) -> PoolSettings {
+    let p = &config.pool;
+    PoolSettings {
+        size: db.pool_size.unwrap_or(p.size),
+        min_size: p.min_size,
+        max_waiting: p.max_wait_clients,
+        wait_timeout: p.query_wait_timeout.non_zero(),
+        connect_timeout: p.server_connect_timeout.0,
+        idle_timeout: p.server_idle_timeout.non_zero(),
+        lifetime: p.server_lifetime.non_zero(),
+        reset_timeout: Duration::from_secs(5),
+    }
+}
+
+/// All pools.
+#[derive(Default)]
+pub struct PoolRegistry {
+    pools: DashMap<PoolKey, Pool<PgConnector>>,
+}
+
+impl PoolRegistry {
+    /// The pool for a database and server login on the database's primary, created on first use.
+    pub fn get_or_create(
+        &self,
+        config: &Config,
+        database: &str,
+        db: &DatabaseSection,
+        user: &str,
+        password: Option<String>,
+    ) -> Pool<PgConnector> {
+        let key = PoolKey { database: database.to_owned(), user: user.to_owned(), server: db.primary.clone() };
+        if let Some(p) = self.pools.get(&key) {
+            return p.clone();
+        }
+        self.pools
+            .entry(key)
+            .or_insert_with(|| {
+                let target = ServerTarget {
+                    addr: db.primary.clone(),
+                    user: user.to_owned(),
+                    database: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+                    password,
+                    max_message_size: config.server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32,
+                };
+                Pool::new(PgConnector::new(target), settings_for(config, db))
+            })
+            .clone()
+    }
+
+    /// Every pool with its key.
+    pub fn all(&self) -> Vec<(PoolKey, Pool<PgConnector>)> {
+        self.pools.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
+    }
+
+    /// Applies a new configuration: pools of removed or moved databases are closed, the rest get
+    /// the new settings.
+    pub fn reconfigure(&self, config: &Config) {
+        self.pools.retain(|key, pool| match config.databases.get(&key.database) {
+            Some(db) if db.primary == key.server => {
+                pool.reconfigure(settings_for(config, db));
+                true
+            }
+            _ => {
+                pool.close();
+                false
+            }
+        });
+    }
+
+    /// Closes every pool.
+    pub fn close_all(&self) {
+        for e in self.pools.iter() {
+            e.value().close();
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! sluice: a Postgres connection pooler and read/write router.
+//!
+//! The crate is laid out one module per concern:
+//! - [`protocol`]: sans-IO framing and the few messages sluice builds or inspects;
+//! - [`auth`]: client authentication (trust, cleartext, md5, SCRAM) and sluice's own login to servers;
+//! - [`pool`]: a generic pool of connections that knows nothing about Postgres;
+//! - [`server`]: a connection from sluice to a Postgres server;
+//! - [`session`]: one client's session: a short relay loop plus a pure transaction state machine;
+//! - [`config`]: the TOML configuration and its validation;
+//! - [`app`]: the listener, the pools registry and shutdown;
+//! - [`cluster`]: local Postgres clusters for `sluice demo`, the tests and the benchmarks.
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod auth;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod pool;
+pub mod protocol;
+pub mod server;
+pub mod session;

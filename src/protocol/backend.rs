@@ -1,0 +1,241 @@
+//! Messages from the server side of the protocol: the ones sluice builds for its clients, and
+//! small readers for the few server messages the relay inspects.
+
+use bytes::{BufMut, BytesMut};
+
+/// A five-character SQLSTATE code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlState(pub &'static str);
+
+#[allow(missing_docs)]
+impl SqlState {
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
+    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
+    pub const QUERY_CANCELED: SqlState = SqlState("57014");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
+    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
+    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
+}
+
+/// Severity of an ErrorResponse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends.
+    Fatal,
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        }
+    }
+}
+
+/// Transaction status byte of ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionStatus {
+    /// 'I': not in a transaction block.
+    Idle,
+    /// 'T': in a transaction block.
+    InTransaction,
+    /// 'E': in a failed transaction block.
+    Failed,
+}
+
+impl TransactionStatus {
+    /// Reads the status byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            b'I' => Some(Self::Idle),
+            b'T' => Some(Self::InTransaction),
+            b'E' => Some(Self::Failed),
+            _ => None,
+        }
+    }
+
+    /// The status byte.
+    pub fn as_byte(self) -> u8 {
+        match self {
+            Self::Idle => b'I',
+            Self::InTransaction => b'T',
+            Self::Failed => b'E',
+        }
+    }
+}
+
+fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+    buf.put_u8(tag);
+    let at = buf.len();
+    buf.put_u32(0);
+    body(buf);
+    let len = (buf.len() - at) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_cstr(buf: &mut BytesMut, s: &str) {
+    // A NUL inside would end the field early; replace it so the message stays well formed.
+    for b in s.bytes() {
+        buf.put_u8(if b == 0 { b'?' } else { b });
+    }
+    buf.put_u8(0);
+}
+
+/// ErrorResponse ('E').
+pub fn error_response(buf: &mut BytesMut, severity: Severity, code: SqlState, message: &str) {
+    put_message(buf, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'V');
+        put_cstr(b, severity.as_str());
+        b.put_u8(b'C');
+        put_cstr(b, code.0);
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationOk.
+pub fn auth_ok(buf: &mut BytesMut) {
+    put_message(buf, b'R', |b| b.put_u32(0));
+}
+
+/// AuthenticationCleartextPassword.
+pub fn auth_cleartext(buf: &mut BytesMut) {
+    put_message(buf, b'R', |b| b.put_u32(3));
+}
+
+/// AuthenticationMD5Password with its salt.
+pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
+    put_message(buf, b'R', |b| {
+        b.put_u32(5);
+        b.put_slice(&salt);
+    });
+}
+
+/// AuthenticationSASL offering SCRAM-SHA-256.
+pub fn auth_sasl(buf: &mut BytesMut) {
+    put_message(buf, b'R', |b| {
+        b.put_u32(10);
+        put_cstr(b, "SCRAM-SHA-256");
+        b.put_u8(0);
+    });
+}
+
+/// AuthenticationSASLContinue.
+pub fn auth_sasl_continue(buf: &mut BytesMut, data: &[u8]) {
+    put_message(buf, b'R', |b| {
+        b.put_u32(11);
+        b.put_slice(data);
+    });
+}
+
+/// AuthenticationSASLFinal.
+pub fn auth_sasl_final(buf: &mut BytesMut, data: &[u8]) {
+    put_message(buf, b'R', |b| {
+        b.put_u32(12);
+        b.put_slice(data);
+    });
+}
+
+/// ParameterStatus.
+pub fn parameter_status(buf: &mut BytesMut, key: &str, value: &str) {
+    put_message(buf, b'S', |b| {
+        put_cstr(b, key);
+        put_cstr(b, value);
+    });
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(buf: &mut BytesMut, pid: u32, secret: u32) {
+    put_message(buf, b'K', |b| {
+        b.put_u32(pid);
+        b.put_u32(secret);
+    });
+}
+
+/// ReadyForQuery.
+pub fn ready_for_query(buf: &mut BytesMut, status: TransactionStatus) {
+    put_message(buf, b'Z', |b| b.put_u8(status.as_byte()));
+}
+
+/// NegotiateProtocolVersion: sluice speaks 3.0 and none of the `_pq_.` options.
+pub fn negotiate_protocol_version(buf: &mut BytesMut, unsupported: &[&str]) {
+    put_message(buf, b'v', |b| {
+        b.put_u32(0);
+        b.put_u32(unsupported.len() as u32);
+        for o in unsupported {
+            put_cstr(b, o);
+        }
+    });
+}
+
+/// Reads a ParameterStatus body into (name, value).
+pub fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
+    let mut pos = 0;
+    let k = super::read_cstr(body, &mut pos, "ParameterStatus").ok()?;
+    let v = super::read_cstr(body, &mut pos, "ParameterStatus").ok()?;
+    Some((k, v))
+}
+
+/// Reads the fields of an ErrorResponse or NoticeResponse body: (severity, code, message).
+pub fn parse_error_fields(body: &[u8]) -> (String, String, String) {
+    let (mut sev, mut code, mut msg) = (String::new(), String::new(), String::new());
+    let mut pos = 0;
+    while pos < body.len() && body[pos] != 0 {
+        let field = body[pos];
+        pos += 1;
+        let Ok(v) = super::read_cstr(body, &mut pos, "ErrorResponse") else { break };
+        match field {
+            b'V' => sev = v.to_owned(),
+            b'S' if sev.is_empty() => sev = v.to_owned(),
+            b'C' => code = v.to_owned(),
+            b'M' => msg = v.to_owned(),
+            _ => {}
+        }
+    }
+    (sev, code, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_round_trips_through_the_field_reader() {
+        let mut buf = BytesMut::new();
+        error_response(&mut buf, Severity::Fatal, SqlState::PROTOCOL_VIOLATION, "bad\0thing");
+        assert_eq!(buf[0], b'E');
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        assert_eq!(len + 1, buf.len());
+        let (sev, code, msg) = parse_error_fields(&buf[5..]);
+        assert_eq!((sev.as_str(), code.as_str(), msg.as_str()), ("FATAL", "08P01", "bad?thing"));
+    }
+
+    #[test]
+    fn ready_for_query_carries_status() {
+        let mut buf = BytesMut::new();
+        ready_for_query(&mut buf, TransactionStatus::InTransaction);
+        assert_eq!(&buf[..], &[b'Z', 0, 0, 0, 5, b'T']);
+    }
+
+    #[test]
+    fn parameter_status_parses_back() {
+        let mut buf = BytesMut::new();
+        parameter_status(&mut buf, "TimeZone", "UTC");
+        assert_eq!(parse_parameter_status(&buf[5..]), Some(("TimeZone", "UTC")));
+        assert_eq!(parse_parameter_status(b"no-nul"), None);
+    }
+}

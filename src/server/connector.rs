@@ -1,0 +1,84 @@
+//! Where and as whom sluice logs in, and the [`crate::pool::Connect`] implementation that opens
+//! server connections for a pool.
+
+use super::{login, ServerConnection, ServerError};
+use crate::session::params::ParamSet;
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use std::sync::Arc;
+
+/// Where and as whom to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTarget {
+    /// host:port
+    pub addr: String,
+    /// Login role.
+    pub user: String,
+    /// Database on the server.
+    pub database: String,
+    /// Password, if the server asks for one.
+    pub password: Option<String>,
+    /// Largest message accepted from the server during login and internal queries.
+    pub max_message_size: u32,
+}
+
+/// What a server said about itself at login: every ParameterStatus, and the tracked subset.
+#[derive(Debug, Clone, Default)]
+pub struct Welcome {
+    /// All ParameterStatus pairs in the order received.
+    pub reported: Vec<(String, String)>,
+    /// The tracked subset, as a set.
+    pub params: ParamSet,
+}
+
+/// Opens [`ServerConnection`]s to one target and remembers the latest [`Welcome`].
+#[derive(Debug)]
+pub struct PgConnector {
+    target: ServerTarget,
+    welcome: ArcSwapOption<Welcome>,
+    /// Startup settings already seen, with the values the server normalized them to.
+    normalized: DashMap<Vec<(String, String)>, ParamSet>,
+}
+
+/// Distinct startup-setting combinations remembered per connector.
+const MAX_NORMALIZED: usize = 1024;
+
+impl PgConnector {
+    /// A connector for `target`.
+    pub fn new(target: ServerTarget) -> Self {
+        Self { target, welcome: ArcSwapOption::empty(), normalized: DashMap::new() }
+    }
+
+    /// The target.
+    pub fn target(&self) -> &ServerTarget {
+        &self.target
+    }
+
+    /// What the last server connection reported at login, if any has been opened.
+    pub fn welcome(&self) -> Option<Arc<Welcome>> {
+        self.welcome.load_full()
+    }
+
+    /// The parameter set a client with these startup settings was given before.
+    pub fn normalized(&self, requested: &[(String, String)]) -> Option<ParamSet> {
+        self.normalized.get(requested).map(|e| e.value().clone())
+    }
+
+    /// Remembers the parameter set for these startup settings (bounded).
+    pub fn remember_normalized(&self, requested: &[(String, String)], params: &ParamSet) {
+        if self.normalized.len() < MAX_NORMALIZED {
+            self.normalized.insert(requested.to_vec(), params.clone());
+        }
+    }
+}
+
+impl crate::pool::Connect for PgConnector {
+    type Conn = ServerConnection;
+    type Error = ServerError;
+
+    async fn connect(&self) -> Result<ServerConnection, ServerError> {
+        let (conn, welcome) = login::connect(&self.target).await?;
+        self.welcome.store(Some(Arc::new(welcome)));
+        Ok(conn)
+    }
+}

@@ -1,0 +1,57 @@
+//! Bringing a server connection back to a clean state after its client left abruptly: end a
+//! COPY, Sync unsynced extended messages, cancel and drain a running query, roll back an open
+//! transaction, and DISCARD ALL after a session-mode client.
+
+use super::{send_cancel, ServerConnection};
+use bytes::{BufMut, BytesMut};
+
+/// Resets `conn`; `false` means it must be closed.
+pub(super) async fn reset(conn: &mut ServerConnection) -> bool {
+    if conn.broken || conn.mid_client_message {
+        return false;
+    }
+    match steps(conn).await {
+        Ok(()) => conn.tracker.is_idle() && !conn.broken,
+        Err(e) => {
+            tracing::debug!(error = %e, "server connection could not be reset; closing it");
+            false
+        }
+    }
+}
+
+async fn steps(conn: &mut ServerConnection) -> Result<(), super::ServerError> {
+    let mut out = BytesMut::new();
+    if conn.tracker.in_copy_in() {
+        let reason = b"client disconnected\0";
+        out.put_u8(b'f');
+        out.put_u32((reason.len() + 4) as u32);
+        out.put_slice(reason);
+        conn.tracker.client_message(b'f');
+    }
+    if conn.tracker.unsynced() {
+        out.put_slice(&[b'S', 0, 0, 0, 4]);
+        conn.tracker.client_message(b'S');
+    }
+    if !out.is_empty() {
+        conn.write(&out).await?;
+    }
+    if conn.tracker.pending() > 0 {
+        // A query may still be running for a client that is gone: ask the server to stop it.
+        let (addr, key) = (conn.addr(), conn.key());
+        tokio::spawn(async move {
+            let _ = send_cancel(addr, key).await;
+        });
+        while conn.tracker.pending() > 0 {
+            conn.drain_to_ready().await?;
+        }
+    }
+    if !conn.tracker.is_idle() {
+        conn.run_internal("ROLLBACK").await?;
+    }
+    if conn.needs_discard {
+        conn.run_internal("DISCARD ALL").await?;
+        conn.needs_discard = false;
+        conn.params = conn.baseline.clone();
+    }
+    Ok(())
+}

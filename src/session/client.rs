@@ -1,0 +1,67 @@
+//! The client side of a session: its socket, its read buffer and framing state, and the
+//! session parameters that follow it from server to server.
+
+use super::params::ParamSet;
+use crate::protocol::backend::{self, Severity, SqlState, TransactionStatus};
+use crate::protocol::frame::Scanner;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Buffer capacity a client starts with and returns to when idle.
+pub const CLIENT_BUF: usize = 4096;
+
+/// One client connection after login.
+pub struct ClientConn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read from the client; the first `fwd` of them are scanned and due to the server.
+    pub(crate) buf: BytesMut,
+    pub(crate) fwd: usize,
+    pub(crate) scanner: Scanner,
+    /// The client sent Terminate.
+    pub(crate) terminated: bool,
+    /// The parameters this client's session runs with.
+    pub(crate) params: ParamSet,
+}
+
+impl ClientConn {
+    /// Wraps a socket that has finished login; `leftover` holds bytes read past the login.
+    pub fn new(stream: TcpStream, leftover: BytesMut, max_message_size: u32, params: ParamSet) -> Self {
+        let mut buf = BytesMut::with_capacity(CLIENT_BUF.max(leftover.len()));
+        buf.extend_from_slice(&leftover);
+        Self { stream, buf, fwd: 0, scanner: Scanner::new(max_message_size), terminated: false, params }
+    }
+
+    /// Writes sluice's own bytes to the client.
+    ///
+    /// # Errors
+    /// The IO error.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Sends an ErrorResponse, followed by ReadyForQuery when the severity is ERROR.
+    ///
+    /// # Errors
+    /// The IO error.
+    pub async fn send_error(&mut self, severity: Severity, code: SqlState, message: &str) -> std::io::Result<()> {
+        let mut out = BytesMut::with_capacity(128);
+        backend::error_response(&mut out, severity, code, message);
+        if severity == Severity::Error {
+            backend::ready_for_query(&mut out, TransactionStatus::Idle);
+        }
+        self.send(&out).await
+    }
+
+    /// The largest message accepted from this client.
+    pub fn scanner_max(&self) -> u32 {
+        self.scanner.max_len()
+    }
+
+    /// Gives back memory a large message left behind, once the buffer is empty.
+    pub fn shrink_if_idle(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * CLIENT_BUF {
+            self.buf = BytesMut::with_capacity(CLIENT_BUF);
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! One client's session: login, then a short loop that waits for the client's next message,
+//! checks out a server connection, brings the server's session parameters in line with the
+//! client's, and relays until the transaction ends (transaction mode) or the client leaves.
+//!
+//! - [`state`]: the pure transaction state machine;
+//! - [`params`]: session parameters that follow the client;
+//! - [`relay`]: the zero-copy relay;
+//! - [`login`]: startup and client authentication;
+//! - [`client`]: the client connection.
+
+pub mod client;
+pub mod login;
+pub mod params;
+pub mod relay;
+pub mod state;
+mod welcome;
+
+use crate::app::{CancelRegistration, Shared};
+use crate::auth::AuthError;
+use crate::config::PoolMode;
+use crate::pool::PoolError;
+use crate::protocol::backend::{Severity, SqlState};
+use crate::protocol::frame::{peek_header, Flow, Inspect, Scanner};
+use crate::protocol::ProtocolError;
+use crate::server::{PgConnector, ServerError};
+use client::ClientConn;
+use relay::{RelayEnd, RelayOptions};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// A pool of server connections as sessions use it.
+pub type ServerPool = crate::pool::Pool<PgConnector>;
+
+/// Why a session could not go on; each maps to what the client is told.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Socket IO failed.
+    #[error("client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client closed its connection.
+    #[error("client closed the connection")]
+    ClientGone,
+    /// The client sent something that is not the protocol.
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// Authentication failed.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
+    /// A bad startup parameter.
+    #[error("{0}")]
+    Startup(String),
+    /// No `[databases.NAME]` entry.
+    #[error("no such database: {0}")]
+    UnknownDatabase(String),
+    /// A server connection could not be had or failed.
+    #[error("{0}")]
+    Server(#[from] ServerError),
+    /// The pool could not serve a connection.
+    #[error("{0}")]
+    Pool(#[from] PoolError<ServerError>),
+    /// Startup and authentication took too long.
+    #[error("client_login_timeout: login not completed in time")]
+    LoginTimeout,
+    /// sluice is shutting down.
+    #[error("sluice is shutting down")]
+    Shutdown,
+    /// The client stayed idle inside a transaction too long.
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransaction,
+    /// The server went away under a running transaction.
+    #[error("server connection lost")]
+    ServerLost,
+}
+
+impl SessionError {
+    /// The SQLSTATE the client is told.
+    pub fn sqlstate(&self) -> SqlState {
+        match self {
+            SessionError::Protocol(e) => e.sqlstate(),
+            SessionError::Auth(AuthError::Failed(_)) => SqlState::INVALID_PASSWORD,
+            SessionError::Auth(_) => SqlState::INVALID_AUTHORIZATION,
+            SessionError::Startup(_) => SqlState::PROTOCOL_VIOLATION,
+            SessionError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
+            SessionError::Server(e) => server_state(e),
+            SessionError::Pool(PoolError::WaitTimeout(_)) => SqlState::QUERY_CANCELED,
+            SessionError::Pool(PoolError::TooManyWaiting(_)) => SqlState::TOO_MANY_CONNECTIONS,
+            SessionError::Pool(PoolError::Connect(e)) => server_state(e),
+            SessionError::Pool(_) => SqlState::CANNOT_CONNECT_NOW,
+            SessionError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
+            SessionError::Shutdown => SqlState::ADMIN_SHUTDOWN,
+            SessionError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
+            SessionError::Io(_) | SessionError::ClientGone | SessionError::ServerLost => SqlState::CONNECTION_FAILURE,
+        }
+    }
+}
+
+fn server_state(e: &ServerError) -> SqlState {
+    // SqlState holds static codes; keep the common ones the server sent, else connection failure.
+    const KNOWN: &[SqlState] = &[
+        SqlState::INVALID_PASSWORD,
+        SqlState::INVALID_AUTHORIZATION,
+        SqlState::INVALID_CATALOG_NAME,
+        SqlState::TOO_MANY_CONNECTIONS,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::FEATURE_NOT_SUPPORTED,
+        SqlState::CONFIGURATION_LIMIT_EXCEEDED,
+    ];
+    let code = e.sqlstate();
+    KNOWN.iter().copied().find(|s| s.0 == code).unwrap_or(match e {
+        ServerError::Refused { .. } => SqlState("22023"),
+        _ => SqlState::CONNECTION_FAILURE,
+    })
+}
+
+/// Serves one accepted client connection to the end.
+pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let login_timeout = ctx.config.load().server.client_login_timeout.0;
+    let mut buf = bytes::BytesMut::with_capacity(512);
+    let opened = tokio::time::timeout(login_timeout, welcome::login(&mut stream, &mut buf, &ctx)).await;
+    let session = match opened {
+        Ok(Ok(Some(s))) => s,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return refuse(&mut stream, e).await,
+        Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
+    };
+    let Session { client, pool, cancel, mode, idle_transaction_timeout } = session;
+    let mut run = Running { client: ClientConn::new(stream, buf, session_max(&ctx), client), pool, cancel, ctx };
+    let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
+    if let Err(e) = run.run(opts).await {
+        if !matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
+            let _ = run.client.send_error(Severity::Fatal, e.sqlstate(), &e.to_string()).await;
+        }
+    }
+}
+
+fn session_max(ctx: &Shared) -> u32 {
+    ctx.config.load().server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32
+}
+
+async fn refuse(stream: &mut TcpStream, e: SessionError) {
+    if matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
+        return;
+    }
+    tracing::debug!(error = %e, "client refused");
+    let mut out = bytes::BytesMut::new();
+    crate::protocol::backend::error_response(&mut out, Severity::Fatal, e.sqlstate(), &e.to_string());
+    let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
+}
+
+/// A logged-in client ready to run.
+pub(crate) struct Session {
+    client: params::ParamSet,
+    pool: ServerPool,
+    cancel: CancelRegistration,
+    mode: PoolMode,
+    idle_transaction_timeout: Option<Duration>,
+}
+
+struct Running {
+    client: ClientConn,
+    pool: ServerPool,
+    cancel: CancelRegistration,
+    ctx: Arc<Shared>,
+}
+
+/// Stops a scan after the message that ends a request (Query, Sync, FunctionCall).
+struct RequestEnd;
+
+impl Inspect for RequestEnd {
+    fn needs_body(&self, _: u8) -> bool {
+        false
+    }
+    fn message(&mut self, tag: u8, _: &[u8]) -> Flow {
+        if matches!(tag, b'Q' | b'S' | b'F') {
+            Flow::StopAfter
+        } else {
+            Flow::Continue
+        }
+    }
+}
+
+impl Running {
+    async fn run(&mut self, opts: RelayOptions) -> Result<(), SessionError> {
+        let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+        let mut held = None;
+        loop {
+            if held.is_none() {
+                self.wait_for_message().await?;
+                if self.client.buf[0] == b'X' {
+                    return Ok(());
+                }
+                let mut server = match self.pool.checkout().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.reject_request(&SessionError::Pool(e)).await?;
+                        continue;
+                    }
+                };
+                if let Err(e) = server.apply_params(&self.client.params).await {
+                    server.discard();
+                    return Err(e.into());
+                }
+                held = Some(server);
+            }
+            let Some(server) = held.as_mut() else { continue };
+            self.cancel.slot.set(Some((server.addr(), server.key())));
+            let end = relay::relay(&mut self.client, server, opts, &mut timer).await;
+            self.cancel.slot.set(None);
+            match end {
+                RelayEnd::Released => {
+                    held = None;
+                    if self.ctx.shutdown.is_cancelled() {
+                        return Err(SessionError::Shutdown);
+                    }
+                }
+                RelayEnd::Terminated | RelayEnd::ClientGone => {
+                    if !opts.release_at_idle {
+                        server.needs_discard = true;
+                    }
+                    return Ok(());
+                }
+                RelayEnd::ClientProtocol(e) => return Err(e.into()),
+                RelayEnd::IdleInTransaction => return Err(SessionError::IdleInTransaction),
+                RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) => {
+                    if let Some(s) = held.take() {
+                        s.discard();
+                    }
+                    return Err(SessionError::ServerLost);
+                }
+            }
+        }
+    }
+
+    /// Waits until a whole message header from the client is buffered.
+    async fn wait_for_message(&mut self) -> Result<(), SessionError> {
+        let max = self.client.scanner_max();
+        loop {
+            if peek_header(&self.client.buf, max)?.is_some() {
+                return Ok(());
+            }
+            self.client.shrink_if_idle();
+            if self.client.buf.capacity() - self.client.buf.len() < 512 {
+                self.client.buf.reserve(client::CLIENT_BUF);
+            }
+            let read = tokio::select! {
+                r = tokio::io::AsyncReadExt::read_buf(&mut self.client.stream, &mut self.client.buf) => r?,
+                _ = self.ctx.shutdown.cancelled() => return Err(SessionError::Shutdown),
+            };
+            if read == 0 {
+                return Err(SessionError::ClientGone);
+            }
+        }
+    }
+
+    /// Answers the client's pending request with an error, as Postgres would: the error at once,
+    /// the request's messages discarded through its Query or Sync, then ReadyForQuery.
+    async fn reject_request(&mut self, e: &SessionError) -> Result<(), SessionError> {
+        tracing::debug!(error = %e, "request rejected");
+        let mut out = bytes::BytesMut::new();
+        crate::protocol::backend::error_response(&mut out, Severity::Error, e.sqlstate(), &e.to_string());
+        self.client.send(&out).await?;
+        let mut scanner = Scanner::new(self.client.scanner_max());
+        loop {
+            let scanned = scanner.scan(&self.client.buf, &mut RequestEnd)?;
+            bytes::Buf::advance(&mut self.client.buf, scanned.consumed);
+            if scanned.stopped {
+                out.clear();
+                crate::protocol::backend::ready_for_query(
+                    &mut out,
+                    crate::protocol::backend::TransactionStatus::Idle,
+                );
+                self.client.send(&out).await?;
+                return Ok(());
+            }
+            if self.client.buf.capacity() - self.client.buf.len() < 512 {
+                self.client.buf.reserve(client::CLIENT_BUF);
+            }
+            if tokio::io::AsyncReadExt::read_buf(&mut self.client.stream, &mut self.client.buf).await? == 0 {
+                return Err(SessionError::ClientGone);
+            }
+        }
+    }
+}

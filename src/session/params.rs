@@ -1,0 +1,215 @@
+//! Session parameters that must follow a client from one server connection to the next:
+//! startup parameters (application_name, client_encoding, DateStyle, TimeZone, search_path, …)
+//! and reported parameters the client changed with SET. Each side keeps a [`ParamSet`]; when a
+//! client lands on a server whose set differs, [`ParamSet::diff_sql`] gives the statements that
+//! make them agree. The hash makes the common "already equal" check O(1).
+
+use std::hash::{Hash, Hasher};
+
+/// Reported parameters a client can change, which therefore travel with the client.
+pub const TRACKED_REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+    "default_transaction_read_only",
+];
+
+/// Startup keys that are not session settings.
+const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
+
+/// One parameter: the key lowercased for comparison, the name as Postgres reports it, the value.
+#[derive(Debug, Clone)]
+struct Param {
+    key: String,
+    name: String,
+    value: String,
+}
+
+// Two parameters are the same setting whatever case the name was written in.
+impl PartialEq for Param {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.value == other.value
+    }
+}
+
+impl Eq for Param {}
+
+impl Hash for Param {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+        self.value.hash(state);
+    }
+}
+
+/// A set of session parameters, ordered by key, with a hash of the whole set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParamSet {
+    params: Vec<Param>,
+    hash: u64,
+}
+
+/// Whether a parameter name is safe to put in a SET statement.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+impl ParamSet {
+    /// Whether a reported parameter travels with clients.
+    pub fn is_tracked(name: &str) -> bool {
+        TRACKED_REPORTED.iter().any(|k| k.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether a startup key is a session setting sluice should carry.
+    pub fn is_setting(name: &str) -> bool {
+        !NOT_SETTINGS.iter().any(|k| k.eq_ignore_ascii_case(name)) && !name.starts_with("_pq_.")
+    }
+
+    /// Sets a parameter; returns whether anything changed.
+    pub fn set(&mut self, name: &str, value: &str) -> bool {
+        let key = name.to_ascii_lowercase();
+        match self.params.binary_search_by(|p| p.key.as_str().cmp(&key)) {
+            Ok(i) if self.params[i].value == value => return false,
+            Ok(i) => {
+                self.params[i].value = value.to_owned();
+                self.params[i].name = name.to_owned();
+            }
+            Err(i) => self.params.insert(i, Param { key, name: name.to_owned(), value: value.to_owned() }),
+        }
+        self.rehash();
+        true
+    }
+
+    /// A parameter's value.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let key = name.to_ascii_lowercase();
+        self.params
+            .binary_search_by(|p| p.key.as_str().cmp(&key))
+            .ok()
+            .map(|i| self.params[i].value.as_str())
+    }
+
+    /// (name, value) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.params.iter().map(|p| (p.name.as_str(), p.value.as_str()))
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+
+    /// The hash of the whole set; equal sets have equal hashes.
+    pub fn fingerprint(&self) -> u64 {
+        self.hash
+    }
+
+    fn rehash(&mut self) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.params.hash(&mut h);
+        self.hash = h.finish();
+    }
+
+    /// The statements that turn a server whose parameters are `self` into one with `target`'s;
+    /// `None` when the two already agree.
+    pub fn diff_sql(&self, target: &ParamSet) -> Option<String> {
+        if self.hash == target.hash && self.params == target.params {
+            return None;
+        }
+        let mut sql = String::new();
+        for p in &target.params {
+            if self.get(&p.key) != Some(p.value.as_str()) {
+                sql.push_str("SET ");
+                sql.push_str(&p.key);
+                sql.push_str(" TO ");
+                push_literal(&mut sql, &p.value);
+                sql.push(';');
+            }
+        }
+        for p in &self.params {
+            if target.get(&p.key).is_none() {
+                sql.push_str("RESET ");
+                sql.push_str(&p.key);
+                sql.push(';');
+            }
+        }
+        (!sql.is_empty()).then_some(sql)
+    }
+}
+
+/// Appends `value` as an E'' string literal, correct whatever standard_conforming_strings is.
+fn push_literal(sql: &mut String, value: &str) {
+    sql.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => sql.push_str("''"),
+            '\\' => sql.push_str("\\\\"),
+            '\0' => {}
+            c => sql.push(c),
+        }
+    }
+    sql.push('\'');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pairs: &[(&str, &str)]) -> ParamSet {
+        let mut s = ParamSet::default();
+        for (k, v) in pairs {
+            s.set(k, v);
+        }
+        s
+    }
+
+    #[test]
+    fn equal_sets_need_no_statements() {
+        let a = set(&[("TimeZone", "UTC"), ("application_name", "x")]);
+        let b = set(&[("application_name", "x"), ("timezone", "UTC")]);
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.diff_sql(&b), None);
+    }
+
+    #[test]
+    fn differing_and_missing_values_become_set_and_reset() {
+        let server = set(&[("TimeZone", "UTC"), ("search_path", "a")]);
+        let client = set(&[("TimeZone", "Europe/Paris")]);
+        let sql = server.diff_sql(&client).unwrap();
+        assert_eq!(sql, "SET timezone TO E'Europe/Paris';RESET search_path;");
+    }
+
+    #[test]
+    fn values_are_quoted_safely() {
+        let sql = ParamSet::default().diff_sql(&set(&[("application_name", "a'b\\c")])).unwrap();
+        assert_eq!(sql, "SET application_name TO E'a''b\\\\c';");
+    }
+
+    #[test]
+    fn keys_compare_case_insensitively() {
+        let mut s = set(&[("DateStyle", "ISO, MDY")]);
+        assert_eq!(s.get("datestyle"), Some("ISO, MDY"));
+        assert!(!s.set("datestyle", "ISO, MDY"));
+        assert!(s.set("DateStyle", "ISO, DMY"));
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        assert!(valid_name("search_path"));
+        assert!(valid_name("myapp.tenant"));
+        assert!(!valid_name("x; DROP TABLE t"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("1abc"));
+    }
+}
