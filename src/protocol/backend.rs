@@ -5,24 +5,36 @@ use bytes::{BufMut, BytesMut};
 
 /// A five-character SQLSTATE code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SqlState(pub &'static str);
+pub struct SqlState(pub [u8; 5]);
 
 #[allow(missing_docs)]
 impl SqlState {
-    pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
-    pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
-    pub const CANNOT_CONNECT_NOW: SqlState = SqlState("57P03");
-    pub const ADMIN_SHUTDOWN: SqlState = SqlState("57P01");
-    pub const QUERY_CANCELED: SqlState = SqlState("57014");
-    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState("0A000");
-    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState("54000");
-    pub const INVALID_PASSWORD: SqlState = SqlState("28P01");
-    pub const INVALID_AUTHORIZATION: SqlState = SqlState("28000");
-    pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
-    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState("53300");
-    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState("25P03");
-    pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
-    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState("53400");
+    pub const PROTOCOL_VIOLATION: SqlState = SqlState(*b"08P01");
+    pub const CONNECTION_FAILURE: SqlState = SqlState(*b"08006");
+    pub const CANNOT_CONNECT_NOW: SqlState = SqlState(*b"57P03");
+    pub const ADMIN_SHUTDOWN: SqlState = SqlState(*b"57P01");
+    pub const QUERY_CANCELED: SqlState = SqlState(*b"57014");
+    pub const FEATURE_NOT_SUPPORTED: SqlState = SqlState(*b"0A000");
+    pub const PROGRAM_LIMIT_EXCEEDED: SqlState = SqlState(*b"54000");
+    pub const INVALID_PASSWORD: SqlState = SqlState(*b"28P01");
+    pub const INVALID_AUTHORIZATION: SqlState = SqlState(*b"28000");
+    pub const INVALID_CATALOG_NAME: SqlState = SqlState(*b"3D000");
+    pub const TOO_MANY_CONNECTIONS: SqlState = SqlState(*b"53300");
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: SqlState = SqlState(*b"25P03");
+    pub const INTERNAL_ERROR: SqlState = SqlState(*b"XX000");
+    pub const CONFIGURATION_LIMIT_EXCEEDED: SqlState = SqlState(*b"53400");
+
+    /// Reads a code a server sent; `None` unless it is five ASCII letters or digits.
+    pub fn from_code(code: &str) -> Option<SqlState> {
+        let b: [u8; 5] = code.as_bytes().try_into().ok()?;
+        b.iter().all(u8::is_ascii_alphanumeric).then_some(SqlState(b))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        // Constructed only from ASCII alphanumerics.
+        std::str::from_utf8(&self.0).unwrap_or("XX000")
+    }
 }
 
 /// Severity of an ErrorResponse.
@@ -100,7 +112,7 @@ pub fn error_response(buf: &mut BytesMut, severity: Severity, code: SqlState, me
         b.put_u8(b'V');
         put_cstr(b, severity.as_str());
         b.put_u8(b'C');
-        put_cstr(b, code.0);
+        put_cstr(b, code.as_str());
         b.put_u8(b'M');
         put_cstr(b, message);
         b.put_u8(0);

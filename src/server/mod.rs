@@ -35,7 +35,7 @@ pub enum ServerError {
     #[error("server closed the connection unexpectedly")]
     Closed,
     /// The server sent an ErrorResponse.
-    #[error("{severity}: {message}")]
+    #[error("{message}")]
     Refused {
         /// ERROR or FATAL.
         severity: String,
@@ -57,11 +57,13 @@ pub enum ServerError {
 
 impl ServerError {
     /// The SQLSTATE a client is told when this error reaches it.
-    pub fn sqlstate(&self) -> String {
+    pub fn sqlstate(&self) -> backend::SqlState {
         match self {
-            ServerError::Refused { code, .. } => code.clone(),
-            ServerError::NoPassword(_) | ServerError::Auth(_) => "28000".into(),
-            _ => backend::SqlState::CONNECTION_FAILURE.0.into(),
+            ServerError::Refused { code, .. } => {
+                backend::SqlState::from_code(code).unwrap_or(backend::SqlState::CONNECTION_FAILURE)
+            }
+            ServerError::NoPassword(_) | ServerError::Auth(_) => backend::SqlState::INVALID_AUTHORIZATION,
+            _ => backend::SqlState::CONNECTION_FAILURE,
         }
     }
 }

@@ -82,10 +82,10 @@ impl SessionError {
             SessionError::Auth(_) => SqlState::INVALID_AUTHORIZATION,
             SessionError::Startup(_) => SqlState::PROTOCOL_VIOLATION,
             SessionError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
-            SessionError::Server(e) => server_state(e),
+            SessionError::Server(e) => e.sqlstate(),
             SessionError::Pool(PoolError::WaitTimeout(_)) => SqlState::QUERY_CANCELED,
             SessionError::Pool(PoolError::TooManyWaiting(_)) => SqlState::TOO_MANY_CONNECTIONS,
-            SessionError::Pool(PoolError::Connect(e)) => server_state(e),
+            SessionError::Pool(PoolError::Connect(e)) => e.sqlstate(),
             SessionError::Pool(_) => SqlState::CANNOT_CONNECT_NOW,
             SessionError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
             SessionError::Shutdown => SqlState::ADMIN_SHUTDOWN,
@@ -93,25 +93,6 @@ impl SessionError {
             SessionError::Io(_) | SessionError::ClientGone | SessionError::ServerLost => SqlState::CONNECTION_FAILURE,
         }
     }
-}
-
-fn server_state(e: &ServerError) -> SqlState {
-    // SqlState holds static codes; keep the common ones the server sent, else connection failure.
-    const KNOWN: &[SqlState] = &[
-        SqlState::INVALID_PASSWORD,
-        SqlState::INVALID_AUTHORIZATION,
-        SqlState::INVALID_CATALOG_NAME,
-        SqlState::TOO_MANY_CONNECTIONS,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::FEATURE_NOT_SUPPORTED,
-        SqlState::CONFIGURATION_LIMIT_EXCEEDED,
-    ];
-    let code = e.sqlstate();
-    KNOWN.iter().copied().find(|s| s.0 == code).unwrap_or(match e {
-        ServerError::Refused { .. } => SqlState("22023"),
-        _ => SqlState::CONNECTION_FAILURE,
-    })
 }
 
 /// Serves one accepted client connection to the end.
