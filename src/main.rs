@@ -42,6 +42,19 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
+/// Raises the open-files soft limit to the hard limit: every client and server connection is a
+/// file descriptor, and max_client_conn is usually far above the default soft limit of 1024.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if workers > 0 {
@@ -89,6 +102,7 @@ fn main() -> ExitCode {
 
 fn run(path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::load(&path)?;
+    raise_fd_limit();
     let rt = runtime(config.server.workers)?;
     rt.block_on(async move {
         let sluice = Sluice::start(config).await?;
