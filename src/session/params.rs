@@ -47,8 +47,15 @@ impl Hash for Param {
 /// A set of session parameters, ordered by key, with a hash of the whole set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParamSet {
-    params: Vec<Param>,
+    /// Shared until changed: every client of a pool starts from the same set, so a clone is a
+    /// reference count.
+    params: std::sync::Arc<Vec<Param>>,
     hash: u64,
+}
+
+/// Orders a lowercase key against a name in any case, without allocating.
+fn cmp_key(key: &str, name: &str) -> std::cmp::Ordering {
+    key.bytes().cmp(name.bytes().map(|b| b.to_ascii_lowercase()))
 }
 
 /// Whether a parameter name is safe to put in a SET statement.
@@ -72,14 +79,17 @@ impl ParamSet {
 
     /// Sets a parameter; returns whether anything changed.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
-        let key = name.to_ascii_lowercase();
-        match self.params.binary_search_by(|p| p.key.as_str().cmp(&key)) {
+        match self.params.binary_search_by(|p| cmp_key(&p.key, name)) {
             Ok(i) if self.params[i].value == value => return false,
             Ok(i) => {
-                self.params[i].value = value.to_owned();
-                self.params[i].name = name.to_owned();
+                let p = &mut std::sync::Arc::make_mut(&mut self.params)[i];
+                p.value = value.to_owned();
+                p.name = name.to_owned();
             }
-            Err(i) => self.params.insert(i, Param { key, name: name.to_owned(), value: value.to_owned() }),
+            Err(i) => std::sync::Arc::make_mut(&mut self.params).insert(
+                i,
+                Param { key: name.to_ascii_lowercase(), name: name.to_owned(), value: value.to_owned() },
+            ),
         }
         self.rehash();
         true
@@ -87,11 +97,7 @@ impl ParamSet {
 
     /// A parameter's value.
     pub fn get(&self, name: &str) -> Option<&str> {
-        let key = name.to_ascii_lowercase();
-        self.params
-            .binary_search_by(|p| p.key.as_str().cmp(&key))
-            .ok()
-            .map(|i| self.params[i].value.as_str())
+        self.params.binary_search_by(|p| cmp_key(&p.key, name)).ok().map(|i| self.params[i].value.as_str())
     }
 
     /// (name, value) pairs.
@@ -123,11 +129,13 @@ impl ParamSet {
     /// The statements that turn a server whose parameters are `self` into one with `target`'s;
     /// `None` when the two already agree.
     pub fn diff_sql(&self, target: &ParamSet) -> Option<String> {
-        if self.hash == target.hash && self.params == target.params {
+        if std::sync::Arc::ptr_eq(&self.params, &target.params)
+            || (self.hash == target.hash && self.params == target.params)
+        {
             return None;
         }
         let mut sql = String::new();
-        for p in &target.params {
+        for p in target.params.iter() {
             if self.get(&p.key) != Some(p.value.as_str()) {
                 sql.push_str("SET ");
                 sql.push_str(&p.key);
@@ -136,7 +144,7 @@ impl ParamSet {
                 sql.push(';');
             }
         }
-        for p in &self.params {
+        for p in self.params.iter() {
             if target.get(&p.key).is_none() {
                 sql.push_str("RESET ");
                 sql.push_str(&p.key);
