@@ -316,7 +316,7 @@ impl<C: Connect> Inner<C> {
     pub(crate) fn checkin(&self, conn: C::Conn, created: Instant) {
         let settings = self.settings.load();
         let now = Instant::now();
-        if self.closed.load(Ordering::Acquire) || settings.expired(created, now) {
+        if self.closed.load(Ordering::Acquire) || settings.expired_at(now, created, now) {
             self.stats.closed.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -41,7 +41,11 @@ impl Default for PoolSettings {
 impl PoolSettings {
     /// Whether a connection created at `created` and idle since `idle_since` should be closed.
     pub fn expired(&self, created: Instant, idle_since: Instant) -> bool {
-        let now = Instant::now();
+        self.expired_at(Instant::now(), created, idle_since)
+    }
+
+    /// [`PoolSettings::expired`] with the current time given.
+    pub fn expired_at(&self, now: Instant, created: Instant, idle_since: Instant) -> bool {
         self.lifetime.is_some_and(|l| now.duration_since(created) >= l)
             || self.idle_timeout.is_some_and(|t| now.duration_since(idle_since) >= t)
     }

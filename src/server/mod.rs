@@ -271,6 +271,12 @@ impl crate::pool::Poolable for ServerConnection {
         if self.broken || !self.buf.is_empty() {
             return false;
         }
+        // The reactor marks the socket readable when bytes or EOF arrive; while it has not, the
+        // connection is quiet and no system call is needed to know it.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if self.stream.poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
