@@ -293,3 +293,60 @@ async fn min_size_opens_connections_and_idle_ones_close_after_the_idle_timeout()
     assert!(eventually(Duration::from_secs(6), || backends(&db, "") == 0).await, "idle connection kept");
     c.simple_query("select 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_follow_clients_across_server_connections() {
+    let db = unique_db("prepared");
+    let proxy = Arc::new(start_proxy(&db, "[pool]\nsize = 2\nmax_prepared_statements = 3").await);
+    proxy.connect().await.batch_execute("create table t (client int, n int)").await.unwrap();
+    let mut tasks = vec![];
+    for client in 0..30i32 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = proxy.connect().await;
+            // tokio-postgres prepares every statement under a name (s0, s1, ...): the same names
+            // with different texts in every client.
+            let insert = c.prepare("insert into t values ($1, $2)").await.unwrap();
+            let count = c.prepare("select count(*) from t where client = $1").await.unwrap();
+            let own = c.prepare(&format!("select $1::int + {client}")).await.unwrap();
+            for n in 0..10i32 {
+                c.execute(&insert, &[&client, &n]).await.unwrap();
+                let v: i32 = c.query_one(&own, &[&n]).await.unwrap().get(0);
+                assert_eq!(v, n + client);
+                let k: i64 = c.query_one(&count, &[&client]).await.unwrap().get(0);
+                assert_eq!(k, i64::from(n) + 1);
+                // Statements prepared on the fly by query() with parameters.
+                let rows = c.query("select client, n from t where client = $1 and n = $2", &[&client, &n]).await.unwrap();
+                assert_eq!(rows.len(), 1);
+            }
+            // Inside a transaction, and after closing a statement.
+            let tx = c.transaction().await.unwrap();
+            tx.execute(&insert, &[&client, &100]).await.unwrap();
+            tx.rollback().await.unwrap();
+            drop(own);
+            let k: i64 = c.query_one(&count, &[&client]).await.unwrap().get(0);
+            assert_eq!(k, 10);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(backends(&db, "") <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_in_a_pipeline_of_prepared_statements_skips_to_sync_as_postgres_does() {
+    let db = unique_db("pipeline_error");
+    let proxy = start_proxy(&db, "[pool]\nsize = 1").await;
+    let c = proxy.connect().await;
+    let ok = c.prepare("select $1::int").await.unwrap();
+    let fails = c.prepare("select 1 / $1::int").await.unwrap();
+    // tokio-postgres pipelines these when polled together.
+    let (a, b, d) = tokio::join!(c.query_one(&ok, &[&1i32]), c.query_one(&fails, &[&0i32]), c.query_one(&ok, &[&3i32]));
+    assert_eq!(a.unwrap().get::<_, i32>(0), 1);
+    assert_eq!(sqlstate(&b.unwrap_err()), "22012");
+    assert_eq!(d.unwrap().get::<_, i32>(0), 3);
+    let other = proxy.connect().await;
+    let again = other.prepare("select $1::int").await.unwrap();
+    assert_eq!(other.query_one(&again, &[&5i32]).await.unwrap().get::<_, i32>(0), 5);
+}

@@ -49,6 +49,8 @@ pub struct Shared {
     pub pools: PoolRegistry,
     /// Cancel keys.
     pub cancels: Arc<CancelRegistry>,
+    /// Pooler-wide names of prepared statements.
+    pub statements: Arc<crate::session::prepared::StatementRegistry>,
     /// Cancelled when sluice shuts down: idle sessions end, busy ones end after their
     /// transaction.
     pub shutdown: CancellationToken,
@@ -89,6 +91,7 @@ impl Sluice {
             users: ArcSwap::new(users),
             pools: PoolRegistry::default(),
             cancels: Arc::new(CancelRegistry::default()),
+            statements: Arc::default(),
             shutdown: CancellationToken::new(),
             clients: AtomicUsize::new(0),
         });

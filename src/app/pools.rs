@@ -62,6 +62,7 @@ impl PoolRegistry {
                     database: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
                     password,
                     max_message_size: config.server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32,
+                    max_prepared_statements: config.pool.max_prepared_statements,
                 };
                 Pool::new(PgConnector::new(target), settings_for(config, db))
             })

@@ -48,12 +48,22 @@ pub enum Flow {
     StopBefore,
 }
 
+/// What an inspector needs of a message, decided from its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Only the tag: the message may pass through as its bytes arrive.
+    Header,
+    /// The whole message: the scanner waits until it is buffered.
+    Body,
+    /// Stop before this message without looking at it.
+    Stop,
+}
+
 /// Looks at messages as the [`Scanner`] finds them.
 pub trait Inspect {
-    /// Whether the body of a message with this tag is needed; if so the scanner waits until the
-    /// whole message is buffered.
-    fn needs_body(&self, tag: u8) -> bool;
-    /// Called once per message; `body` is empty unless [`Inspect::needs_body`] said yes.
+    /// What is needed of a message with this tag and length field.
+    fn wants(&self, tag: u8, len: u32) -> Want;
+    /// Called once per message; `body` is empty unless [`Inspect::wants`] said [`Want::Body`].
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow;
 }
 
@@ -112,7 +122,11 @@ impl Scanner {
             };
             let total = h.total();
             let avail = buf.len() - pos;
-            if insp.needs_body(h.tag) {
+            let want = insp.wants(h.tag, h.len);
+            if want == Want::Stop {
+                return Ok(Scanned { consumed: pos, stopped: true, wanted: 0 });
+            }
+            if want == Want::Body {
                 if avail < total {
                     return Ok(Scanned { consumed: pos, stopped: false, wanted: total });
                 }
@@ -150,8 +164,12 @@ mod tests {
     }
 
     impl Inspect for Record {
-        fn needs_body(&self, tag: u8) -> bool {
-            tag == b'Z'
+        fn wants(&self, tag: u8, _len: u32) -> Want {
+            if tag == b'Z' {
+                Want::Body
+            } else {
+                Want::Header
+            }
         }
         fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
             self.seen.push((tag, body.to_vec()));

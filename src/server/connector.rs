@@ -20,6 +20,8 @@ pub struct ServerTarget {
     pub password: Option<String>,
     /// Largest message accepted from the server during login and internal queries.
     pub max_message_size: u32,
+    /// Named statements kept prepared per connection.
+    pub max_prepared_statements: usize,
 }
 
 /// What a server said about itself at login: every ParameterStatus, and the tracked subset.

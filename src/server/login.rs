@@ -6,6 +6,7 @@ use super::{BackendKey, ServerConnection, ServerError, ServerTarget, Welcome};
 use crate::protocol::frame::Scanner;
 use crate::protocol::backend;
 use crate::session::params::ParamSet;
+use crate::session::prepared::{ResponseQueue, ServerStatements};
 use crate::session::state::TransactionTracker;
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
@@ -36,6 +37,8 @@ pub(super) async fn connect(target: &ServerTarget) -> Result<(ServerConnection, 
         broken: false,
         needs_discard: false,
         baseline: ParamSet::default(),
+        statements: ServerStatements::new(target.max_prepared_statements),
+        responses: ResponseQueue::default(),
         key: BackendKey::default(),
         addr,
     };

@@ -8,9 +8,10 @@ mod reset;
 
 pub use connector::{PgConnector, ServerTarget, Welcome};
 
-use crate::protocol::frame::{Flow, Inspect, Scanner};
+use crate::protocol::frame::{Flow, Inspect, Scanner, Want};
 use crate::protocol::{backend, ProtocolError};
 use crate::session::params::ParamSet;
+use crate::session::prepared::{ResponseQueue, ServerStatements};
 use crate::session::state::TransactionTracker;
 use bytes::{Buf, BufMut, BytesMut};
 use std::net::SocketAddr;
@@ -96,6 +97,10 @@ pub struct ServerConnection {
     pub(crate) needs_discard: bool,
     /// The parameters as they were right after login (what DISCARD ALL returns to).
     pub(crate) baseline: ParamSet,
+    /// Named statements prepared here under pooler-wide names.
+    pub(crate) statements: ServerStatements,
+    /// Responses still owed to the client, where sluice adds or removes some.
+    pub(crate) responses: ResponseQueue,
     key: BackendKey,
     addr: SocketAddr,
 }
@@ -109,8 +114,12 @@ impl std::fmt::Debug for ServerConnection {
 struct Drain<'a>(&'a mut TransactionTracker, &'a mut ParamSet);
 
 impl Inspect for Drain<'_> {
-    fn needs_body(&self, tag: u8) -> bool {
-        matches!(tag, b'Z' | b'S')
+    fn wants(&self, tag: u8, _len: u32) -> Want {
+        if matches!(tag, b'Z' | b'S') {
+            Want::Body
+        } else {
+            Want::Header
+        }
     }
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
         if tag == b'S' {

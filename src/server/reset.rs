@@ -48,10 +48,17 @@ async fn steps(conn: &mut ServerConnection) -> Result<(), super::ServerError> {
     if !conn.tracker.is_idle() {
         conn.run_internal("ROLLBACK").await?;
     }
+    if !conn.responses.is_empty() {
+        // The client left mid-exchange: which statements got prepared is no longer certain.
+        conn.responses.clear();
+        conn.statements.clear();
+        conn.run_internal("DEALLOCATE ALL").await?;
+    }
     if conn.needs_discard {
         conn.run_internal("DISCARD ALL").await?;
         conn.needs_discard = false;
         conn.params = conn.baseline.clone();
+        conn.statements.clear();
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! session parameters that follow it from server to server.
 
 use super::params::ParamSet;
+use super::prepared::ClientStatements;
 use crate::protocol::backend::{self, Severity, SqlState, TransactionStatus};
 use crate::protocol::frame::Scanner;
 use bytes::BytesMut;
@@ -18,6 +19,15 @@ pub struct ClientConn {
     pub(crate) buf: BytesMut,
     pub(crate) fwd: usize,
     pub(crate) scanner: Scanner,
+    /// Bytes after the first `fwd` that were copied into `to_server` and are dropped once the
+    /// first `fwd` are sent.
+    pub(crate) skip: usize,
+    /// Rewritten messages due to the server, after the first `fwd` bytes of `buf`.
+    pub(crate) to_server: BytesMut,
+    /// sluice's own responses due to the client.
+    pub(crate) to_client: BytesMut,
+    /// The client's named prepared statements.
+    pub(crate) statements: ClientStatements,
     /// The client sent Terminate.
     pub(crate) terminated: bool,
     /// The parameters this client's session runs with.
@@ -29,7 +39,18 @@ impl ClientConn {
     pub fn new(stream: TcpStream, leftover: BytesMut, max_message_size: u32, params: ParamSet) -> Self {
         let mut buf = BytesMut::with_capacity(CLIENT_BUF.max(leftover.len()));
         buf.extend_from_slice(&leftover);
-        Self { stream, buf, fwd: 0, scanner: Scanner::new(max_message_size), terminated: false, params }
+        Self {
+            stream,
+            buf,
+            fwd: 0,
+            skip: 0,
+            to_server: BytesMut::new(),
+            to_client: BytesMut::new(),
+            statements: ClientStatements::default(),
+            scanner: Scanner::new(max_message_size),
+            terminated: false,
+            params,
+        }
     }
 
     /// Writes sluice's own bytes to the client.

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod login;
 pub mod params;
+pub mod prepared;
 pub mod relay;
 pub mod state;
 mod welcome;
@@ -20,7 +21,7 @@ use crate::auth::AuthError;
 use crate::config::PoolMode;
 use crate::pool::PoolError;
 use crate::protocol::backend::{Severity, SqlState};
-use crate::protocol::frame::{peek_header, Flow, Inspect, Scanner};
+use crate::protocol::frame::{peek_header, Flow, Inspect, Scanner, Want};
 use crate::protocol::ProtocolError;
 use crate::server::{PgConnector, ServerError};
 use client::ClientConn;
@@ -151,8 +152,8 @@ struct Running {
 struct RequestEnd;
 
 impl Inspect for RequestEnd {
-    fn needs_body(&self, _: u8) -> bool {
-        false
+    fn wants(&self, _: u8, _: u32) -> Want {
+        Want::Header
     }
     fn message(&mut self, tag: u8, _: &[u8]) -> Flow {
         if matches!(tag, b'Q' | b'S' | b'F') {
@@ -188,7 +189,8 @@ impl Running {
             }
             let Some(server) = held.as_mut() else { continue };
             self.cancel.slot.set(Some((server.addr(), server.key())));
-            let end = relay::relay(&mut self.client, server, opts, &mut timer).await;
+            let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
+            let end = relay::relay(&mut self.client, server, opts, registry, &mut timer).await;
             self.cancel.slot.set(None);
             match end {
                 RelayEnd::Released => {

@@ -6,12 +6,13 @@
 
 use super::client::ClientConn;
 use super::params::ParamSet;
+use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
 use super::state::{ClientAction, TransactionTracker};
 use crate::protocol::backend;
-use crate::protocol::frame::{Flow, Inspect};
+use crate::protocol::frame::{Flow, Inspect, Want};
 use crate::protocol::ProtocolError;
 use crate::server::ServerConnection;
-use bytes::Buf;
+use bytes::{Buf, BufMut, BytesMut};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -39,19 +40,60 @@ pub enum RelayEnd {
     IdleInTransaction,
 }
 
+/// Client messages larger than this are not copied into the rewrite buffer; the relay flushes
+/// and passes them through in place instead.
+const COPY_LIMIT: u32 = 64 * 1024;
+
 struct ClientSide<'a> {
     tracker: &'a mut TransactionTracker,
+    /// Statement rewriting (transaction mode only).
+    statements: Option<Statements<'a>>,
+    /// Rewritten (and, after the first rewrite, all following) messages for the server.
+    out: &'a mut BytesMut,
+    copying: bool,
+    copied: usize,
+    terminated: bool,
+    error: Option<ProtocolError>,
 }
 
 impl Inspect for ClientSide<'_> {
-    fn needs_body(&self, _tag: u8) -> bool {
-        false
-    }
-    fn message(&mut self, tag: u8, _body: &[u8]) -> Flow {
-        match self.tracker.client_message(tag) {
-            ClientAction::Forward => Flow::Continue,
-            ClientAction::Terminate => Flow::StopBefore,
+    fn wants(&self, tag: u8, len: u32) -> Want {
+        if self.copying {
+            if len > COPY_LIMIT {
+                Want::Stop
+            } else {
+                Want::Body
+            }
+        } else if self.statements.is_some() && matches!(tag, b'P' | b'B' | b'D' | b'C') {
+            Want::Body
+        } else {
+            Want::Header
         }
+    }
+
+    fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        if self.tracker.client_message(tag) == ClientAction::Terminate {
+            self.terminated = true;
+            return Flow::StopBefore;
+        }
+        let Some(st) = self.statements.as_mut() else { return Flow::Continue };
+        let before = self.out.len();
+        match st.client_message(tag, body, self.out) {
+            Ok(Rewrite::Replaced) => self.copying = true,
+            Ok(Rewrite::AsIs) if self.copying => {
+                self.out.put_u8(tag);
+                self.out.put_u32(body.len() as u32 + 4);
+                self.out.put_slice(body);
+            }
+            Ok(Rewrite::AsIs) => return Flow::Continue,
+            Err(e) => {
+                self.out.truncate(before);
+                self.error = Some(e);
+                return Flow::StopBefore;
+            }
+        }
+        self.copied += 5 + body.len();
+        Flow::Continue
     }
 }
 
@@ -59,13 +101,22 @@ struct ServerSide<'a> {
     tracker: &'a mut TransactionTracker,
     server_params: &'a mut ParamSet,
     client_params: &'a mut ParamSet,
+    responses: &'a mut ResponseQueue,
+    statements: &'a mut ServerStatements,
     release: bool,
 }
 
 impl Inspect for ServerSide<'_> {
-    fn needs_body(&self, tag: u8) -> bool {
-        matches!(tag, b'Z' | b'S')
+    fn wants(&self, tag: u8, _len: u32) -> Want {
+        if self.responses.swallows(tag) {
+            Want::Stop
+        } else if matches!(tag, b'Z' | b'S') {
+            Want::Body
+        } else {
+            Want::Header
+        }
     }
+
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
         if tag == b'S' {
             if let Some((k, v)) = backend::parse_parameter_status(body) {
@@ -76,7 +127,9 @@ impl Inspect for ServerSide<'_> {
             }
             return Flow::Continue;
         }
-        if self.tracker.server_message(tag, body) && self.release {
+        self.responses.on_server_message(tag, self.statements);
+        let idle = self.tracker.server_message(tag, body);
+        if self.responses.synthetic_due() || (idle && self.release) {
             Flow::StopAfter
         } else {
             Flow::Continue
@@ -94,19 +147,22 @@ pub struct RelayOptions {
 }
 
 /// Relays until one of the [`RelayEnd`] conditions; `timer` is the session's reusable timer.
+/// With `registry`, named prepared statements are rewritten to pooler-wide names.
 pub async fn relay(
     client: &mut ClientConn,
     server: &mut ServerConnection,
     opts: RelayOptions,
+    registry: Option<&StatementRegistry>,
     timer: &mut Pin<Box<Sleep>>,
 ) -> RelayEnd {
-    let mut r = Relay { client, server, s_fwd: 0, opts, timer, armed: false };
+    let mut r = Relay { client, server, s_fwd: 0, opts, registry, timer, armed: false };
     let end = poll_fn(|cx| r.poll(cx)).await;
     let (client, server) = (r.client, r.server);
     match end {
         RelayEnd::ClientGone | RelayEnd::ClientProtocol(_) | RelayEnd::IdleInTransaction => {
             // Bytes scanned but not written, or a message cut short, leave the server unsure.
-            server.mid_client_message = client.fwd > 0 || !client.scanner.at_boundary();
+            server.mid_client_message =
+                client.fwd > 0 || !client.to_server.is_empty() || !client.scanner.at_boundary();
         }
         RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) => server.mark_broken(),
         RelayEnd::Released | RelayEnd::Terminated => {
@@ -117,11 +173,12 @@ pub async fn relay(
             }
         }
     }
-    if client.fwd > 0 {
-        // Not forwarded: the session is ending.
-        client.buf.advance(client.fwd);
-        client.fwd = 0;
-    }
+    // Whatever was not forwarded is dropped: the session is ending or the server is idle.
+    client.buf.advance(client.fwd + client.skip);
+    client.fwd = 0;
+    client.skip = 0;
+    client.to_server.clear();
+    client.to_client.clear();
     end
 }
 
@@ -131,6 +188,7 @@ struct Relay<'a> {
     /// Bytes at the front of the server's buffer that are scanned and due to the client.
     s_fwd: usize,
     opts: RelayOptions,
+    registry: Option<&'a StatementRegistry>,
     timer: &'a mut Pin<Box<Sleep>>,
     armed: bool,
 }
@@ -146,6 +204,15 @@ fn make_room(buf: &mut bytes::BytesMut, wanted: usize) {
     }
 }
 
+/// Writes as much of `bytes` as the socket takes now; `None` when the peer is gone.
+fn poll_send<W: AsyncWrite + Unpin>(w: &mut W, cx: &mut Context<'_>, bytes: &[u8]) -> Option<usize> {
+    match Pin::new(w).poll_write(cx, bytes) {
+        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => None,
+        Poll::Ready(Ok(n)) => Some(n),
+        Poll::Pending => Some(0),
+    }
+}
+
 impl Relay<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         loop {
@@ -153,38 +220,58 @@ impl Relay<'_> {
             let c = &mut *self.client;
             let s = &mut *self.server;
 
+            // Client to server: in-place bytes first, then the skipped (copied) ones, then the
+            // rewritten ones.
             if c.fwd > 0 {
-                match Pin::new(&mut s.stream).poll_write(cx, &c.buf[..c.fwd]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ServerGone),
-                    Poll::Ready(Ok(n)) => {
-                        c.buf.advance(n);
-                        c.fwd -= n;
-                        progress = true;
-                    }
-                    Poll::Pending => {}
-                }
+                let Some(n) = poll_send(&mut s.stream, cx, &c.buf[..c.fwd]) else {
+                    return Poll::Ready(RelayEnd::ServerGone);
+                };
+                c.buf.advance(n);
+                c.fwd -= n;
+                progress |= n > 0;
             }
+            if c.fwd == 0 && c.skip > 0 {
+                c.buf.advance(c.skip);
+                c.skip = 0;
+            }
+            if c.fwd == 0 && !c.to_server.is_empty() {
+                let Some(n) = poll_send(&mut s.stream, cx, &c.to_server) else {
+                    return Poll::Ready(RelayEnd::ServerGone);
+                };
+                c.to_server.advance(n);
+                progress |= n > 0;
+            }
+            // Server to client: forwarded bytes, then sluice's own responses.
             if self.s_fwd > 0 {
-                match Pin::new(&mut c.stream).poll_write(cx, &s.buf[..self.s_fwd]) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
-                    Poll::Ready(Ok(n)) => {
-                        s.buf.advance(n);
-                        self.s_fwd -= n;
-                        progress = true;
-                    }
-                    Poll::Pending => {}
-                }
+                let Some(n) = poll_send(&mut c.stream, cx, &s.buf[..self.s_fwd]) else {
+                    return Poll::Ready(RelayEnd::ClientGone);
+                };
+                s.buf.advance(n);
+                self.s_fwd -= n;
+                progress |= n > 0;
+            }
+            if self.s_fwd == 0 && c.to_client.is_empty() && s.responses.synthetic_due() {
+                s.responses.take_synthetic(&mut c.to_client);
+            }
+            if self.s_fwd == 0 && !c.to_client.is_empty() {
+                let Some(n) = poll_send(&mut c.stream, cx, &c.to_client) else {
+                    return Poll::Ready(RelayEnd::ClientGone);
+                };
+                c.to_client.advance(n);
+                progress |= n > 0;
             }
 
-            let server_idle = s.tracker.is_idle();
-            if c.fwd == 0 && c.terminated {
+            let to_server_done = c.fwd == 0 && c.to_server.is_empty();
+            let to_client_done = self.s_fwd == 0 && c.to_client.is_empty();
+            let server_idle = s.tracker.is_idle() && s.responses.is_empty();
+            if to_server_done && c.terminated {
                 return Poll::Ready(RelayEnd::Terminated);
             }
             // Release only when no whole header is waiting: a buffered message starts the next
             // transaction on this checkout.
-            if c.fwd == 0
+            if to_server_done
+                && to_client_done
                 && c.buf.len() < 5
-                && self.s_fwd == 0
                 && server_idle
                 && self.opts.release_at_idle
                 && c.scanner.at_boundary()
@@ -193,13 +280,32 @@ impl Relay<'_> {
             }
 
             // Client to server: scan what is buffered, read more only when all of it is sent.
-            if c.fwd == 0 && !c.terminated {
-                let scanned = match c.scanner.scan(&c.buf, &mut ClientSide { tracker: &mut s.tracker }) {
+            if to_server_done && !c.terminated {
+                let statements = self.registry.map(|registry| Statements {
+                    client: &mut c.statements,
+                    server: &mut s.statements,
+                    queue: &mut s.responses,
+                    registry,
+                });
+                let mut insp = ClientSide {
+                    tracker: &mut s.tracker,
+                    statements,
+                    out: &mut c.to_server,
+                    copying: false,
+                    copied: 0,
+                    terminated: false,
+                    error: None,
+                };
+                let scanned = match c.scanner.scan(&c.buf, &mut insp) {
                     Ok(x) => x,
                     Err(e) => return Poll::Ready(RelayEnd::ClientProtocol(e)),
                 };
-                c.fwd = scanned.consumed;
-                c.terminated = scanned.stopped;
+                if let Some(e) = insp.error {
+                    return Poll::Ready(RelayEnd::ClientProtocol(e));
+                }
+                c.terminated = insp.terminated;
+                c.fwd = scanned.consumed - insp.copied;
+                c.skip = insp.copied;
                 if scanned.consumed > 0 || scanned.stopped {
                     progress = true;
                 } else {
@@ -215,12 +321,15 @@ impl Relay<'_> {
                 }
             }
 
-            // Server to client, unless the server is parked at an idle boundary.
-            if self.s_fwd == 0 && !(server_idle && self.opts.release_at_idle) {
+            // Server to client, unless the server is parked at an idle boundary or sluice's own
+            // responses are still going out.
+            if to_client_done && !(server_idle && self.opts.release_at_idle) && !s.responses.synthetic_due() {
                 let mut insp = ServerSide {
                     tracker: &mut s.tracker,
                     server_params: &mut s.params,
                     client_params: &mut c.params,
+                    responses: &mut s.responses,
+                    statements: &mut s.statements,
                     release: self.opts.release_at_idle,
                 };
                 let scanned = match s.scanner.scan(&s.buf, &mut insp) {
@@ -230,12 +339,25 @@ impl Relay<'_> {
                 self.s_fwd = scanned.consumed;
                 if scanned.consumed > 0 || scanned.stopped {
                     progress = true;
+                    if scanned.consumed == 0 && s.responses.swallows(s.buf[0]) {
+                        // The reply to a message sluice sent itself; it stops here.
+                        if let Some(h) = crate::protocol::frame::peek_header(&s.buf, u32::MAX >> 1).ok().flatten() {
+                            if s.buf.len() >= h.total() {
+                                s.responses.on_server_message(h.tag, &mut s.statements);
+                                s.tracker.server_message(h.tag, &[]);
+                                s.buf.advance(h.total());
+                            } else {
+                                match self.read_server(cx, h.total()) {
+                                    Ok(p) => progress = p,
+                                    Err(end) => return end,
+                                }
+                            }
+                        }
+                    }
                 } else {
-                    make_room(&mut s.buf, scanned.wanted);
-                    match poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.buf) {
-                        Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ServerGone),
-                        Poll::Ready(Ok(_)) => progress = true,
-                        Poll::Pending => {}
+                    match self.read_server(cx, scanned.wanted) {
+                        Ok(p) => progress |= p,
+                        Err(end) => return end,
                     }
                 }
             }
@@ -246,10 +368,24 @@ impl Relay<'_> {
         }
     }
 
+    /// Reads from the server; `Err` carries the end of the relay when it is gone.
+    fn read_server(&mut self, cx: &mut Context<'_>, wanted: usize) -> Result<bool, Poll<RelayEnd>> {
+        let s = &mut *self.server;
+        make_room(&mut s.buf, wanted);
+        match poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.buf) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => Err(Poll::Ready(RelayEnd::ServerGone)),
+            Poll::Ready(Ok(_)) => Ok(true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
     fn poll_idle_timer(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         let Some(limit) = self.opts.idle_transaction_timeout else { return Poll::Pending };
-        let waiting_on_client =
-            self.client.fwd == 0 && self.s_fwd == 0 && self.server.tracker.is_idle_in_transaction();
+        let waiting_on_client = self.client.fwd == 0
+            && self.client.to_server.is_empty()
+            && self.s_fwd == 0
+            && self.client.to_client.is_empty()
+            && self.server.tracker.is_idle_in_transaction();
         if !waiting_on_client {
             self.armed = false;
             return Poll::Pending;

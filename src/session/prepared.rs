@@ -1,0 +1,443 @@
+//! Named prepared statements in transaction mode, without IO.
+//!
+//! A client's statement names mean nothing to the server connection it lands on next, so sluice
+//! keeps each client's statements (name → query text and parameter types) and gives every
+//! distinct (text, types) a pooler-wide server name. Clients' Parse, Bind, Describe and Close
+//! messages are rewritten to those names; a statement is prepared lazily on each server
+//! connection the first time it is needed there and stays prepared (bounded, least recently used
+//! first out) for every client that uses the same text.
+//!
+//! Because sluice sometimes answers for the server (a Parse of a statement the server already
+//! has, a Close) or adds messages of its own (a Parse injected before a Bind), it keeps a queue of
+//! the responses each server connection still owes, so that its own ParseComplete and
+//! CloseComplete go to the client exactly where Postgres would have sent them, and the responses
+//! to its own messages are not passed on.
+
+use crate::protocol::ProtocolError;
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Server-side statement names start with this.
+pub const SERVER_PREFIX: &str = "sluice_";
+
+/// Pooler-wide names for statement texts.
+#[derive(Debug, Default)]
+pub struct StatementRegistry {
+    names: DashMap<Bytes, Arc<str>>,
+    next: AtomicU64,
+}
+
+impl StatementRegistry {
+    /// The server name for a statement spec (query text and parameter types as in Parse).
+    pub fn name_for(&self, spec: &Bytes) -> Arc<str> {
+        if let Some(n) = self.names.get(spec) {
+            return n.clone();
+        }
+        self.names
+            .entry(spec.clone())
+            .or_insert_with(|| Arc::from(format!("{SERVER_PREFIX}{}", self.next.fetch_add(1, Ordering::Relaxed))))
+            .clone()
+    }
+
+    /// Distinct statements seen.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether none were seen.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// A statement as a client prepared it.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The name on servers.
+    pub server_name: Arc<str>,
+    /// The Parse body after the statement name: query text, parameter count and types.
+    pub spec: Bytes,
+}
+
+/// One client's named statements.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Statement>,
+}
+
+impl ClientStatements {
+    /// Number of statements.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether the client has none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Forgets every statement (DEALLOCATE ALL, DISCARD ALL).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// The statements prepared on one server connection, bounded, least recently used first out.
+#[derive(Debug)]
+pub struct ServerStatements {
+    prepared: HashMap<Arc<str>, u64>,
+    tick: u64,
+    capacity: usize,
+}
+
+impl ServerStatements {
+    /// An empty set holding at most `capacity` statements.
+    pub fn new(capacity: usize) -> Self {
+        Self { prepared: HashMap::new(), tick: 0, capacity: capacity.max(1) }
+    }
+
+    /// Whether `name` is prepared; marks it used.
+    pub fn touch(&mut self, name: &str) -> bool {
+        self.tick += 1;
+        match self.prepared.get_mut(name) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `name` as prepared; returns the statement evicted to make room, if any.
+    pub fn insert(&mut self, name: Arc<str>) -> Option<Arc<str>> {
+        self.tick += 1;
+        let evicted = if self.prepared.len() >= self.capacity && !self.prepared.contains_key(&name) {
+            let oldest = self.prepared.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone());
+            oldest.inspect(|n| {
+                self.prepared.remove(n);
+            })
+        } else {
+            None
+        };
+        self.prepared.insert(name, self.tick);
+        evicted
+    }
+
+    /// Forgets `name` (its Parse failed).
+    pub fn remove(&mut self, name: &str) {
+        self.prepared.remove(name);
+    }
+
+    /// Forgets everything (after DISCARD ALL or DEALLOCATE ALL on the server).
+    pub fn clear(&mut self) {
+        self.prepared.clear();
+    }
+
+    /// Number prepared.
+    pub fn len(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// Whether none are prepared.
+    pub fn is_empty(&self) -> bool {
+        self.prepared.is_empty()
+    }
+}
+
+/// A response (or run of responses) a server connection owes, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Forward until a message with one of these tags ends the entry.
+    Pass {
+        /// Tags that end the entry.
+        until: &'static [u8],
+        /// This entry is a Sync's ReadyForQuery (where skipping after an error stops).
+        sync: bool,
+    },
+    /// The ParseComplete of a Parse sluice sent under a server name; `swallow` when sluice
+    /// injected it (the client never sent that Parse).
+    Parse {
+        /// The server name, marked prepared when this completes.
+        name: Arc<str>,
+        /// Keep the ParseComplete from the client.
+        swallow: bool,
+    },
+    /// The CloseComplete of a Close sluice sent to evict a statement: swallowed.
+    EvictClose,
+    /// A message sluice sends the client itself when this entry reaches the head.
+    Synthetic(u8),
+}
+
+const PARSE_DONE: &[u8] = b"1";
+const BIND_DONE: &[u8] = b"2";
+const CLOSE_DONE: &[u8] = b"3";
+const DESCRIBE_DONE: &[u8] = b"Tn";
+const EXECUTE_DONE: &[u8] = b"CIs";
+const READY: &[u8] = b"Z";
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerAction {
+    /// Send it to the client.
+    Forward,
+    /// Keep it from the client (the response to sluice's own message).
+    Swallow,
+}
+
+/// The responses a server connection owes, in order.
+#[derive(Debug, Default)]
+pub struct ResponseQueue {
+    q: VecDeque<Expect>,
+}
+
+impl ResponseQueue {
+    /// Nothing is owed.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Forgets everything (the connection is being reset).
+    pub fn clear(&mut self) {
+        self.q.clear();
+    }
+
+    fn push(&mut self, e: Expect) {
+        self.q.push_back(e);
+    }
+
+    /// Whether the next owed response is one sluice must write itself.
+    pub fn synthetic_due(&self) -> bool {
+        matches!(self.q.front(), Some(Expect::Synthetic(_)))
+    }
+
+    /// Whether a message with this tag, arriving now, is to be swallowed.
+    pub fn swallows(&self, tag: u8) -> bool {
+        match self.q.front() {
+            Some(Expect::Parse { swallow: true, .. }) => tag == b'1',
+            Some(Expect::EvictClose) => tag == b'3',
+            _ => false,
+        }
+    }
+
+    /// Writes the synthetic messages at the head of the queue into `out`.
+    pub fn take_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Expect::Synthetic(tag)) = self.q.front() {
+            out.put_slice(&[*tag, 0, 0, 0, 4]);
+            self.q.pop_front();
+        }
+    }
+
+    /// Accounts for one server message and says what to do with it.
+    pub fn on_server_message(&mut self, tag: u8, server: &mut ServerStatements) -> ServerAction {
+        if tag == b'E' {
+            return self.on_error(server);
+        }
+        let Some(head) = self.q.front() else { return ServerAction::Forward };
+        match head {
+            Expect::Pass { until, .. } => {
+                if until.contains(&tag) {
+                    self.q.pop_front();
+                }
+                ServerAction::Forward
+            }
+            Expect::Parse { name, swallow } if tag == b'1' => {
+                let swallow = *swallow;
+                server.touch(name);
+                self.q.pop_front();
+                if swallow {
+                    ServerAction::Swallow
+                } else {
+                    ServerAction::Forward
+                }
+            }
+            Expect::EvictClose if tag == b'3' => {
+                self.q.pop_front();
+                ServerAction::Swallow
+            }
+            // Notices, ParameterStatus and the like arrive between responses.
+            _ => ServerAction::Forward,
+        }
+    }
+
+    /// An ErrorResponse ends the current entry; in the extended protocol the server then skips
+    /// everything up to the next Sync, so do the responses sluice would have made up.
+    fn on_error(&mut self, server: &mut ServerStatements) -> ServerAction {
+        match self.q.front() {
+            Some(Expect::Pass { until: READY, .. }) => return ServerAction::Forward,
+            Some(Expect::Parse { name, .. }) => server.remove(name),
+            None => return ServerAction::Forward,
+            _ => {}
+        }
+        self.q.pop_front();
+        while let Some(e) = self.q.front() {
+            match e {
+                Expect::Pass { sync: true, .. } => break,
+                Expect::Parse { name, .. } => {
+                    // Skipped by the server: it was never prepared.
+                    server.remove(name);
+                }
+                _ => {}
+            }
+            self.q.pop_front();
+        }
+        ServerAction::Forward
+    }
+}
+
+/// What became of one client message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Forward the original bytes.
+    AsIs,
+    /// The bytes written to `out` replace it (possibly none).
+    Replaced,
+}
+
+/// Everything a client message may touch.
+pub struct Statements<'a> {
+    /// The client's statements.
+    pub client: &'a mut ClientStatements,
+    /// The server connection's statements.
+    pub server: &'a mut ServerStatements,
+    /// The server connection's owed responses.
+    pub queue: &'a mut ResponseQueue,
+    /// Pooler-wide names.
+    pub registry: &'a StatementRegistry,
+}
+
+fn cstr_end(body: &[u8], from: usize, what: &'static str) -> Result<usize, ProtocolError> {
+    body.get(from..)
+        .and_then(|rest| rest.iter().position(|&b| b == 0))
+        .map(|i| from + i)
+        .ok_or(ProtocolError::Malformed { what })
+}
+
+fn name_str<'b>(bytes: &'b [u8], what: &'static str) -> Result<&'b str, ProtocolError> {
+    std::str::from_utf8(bytes).map_err(|_| ProtocolError::Malformed { what })
+}
+
+fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 4;
+    out.put_u8(tag);
+    out.put_u32(len as u32);
+    for p in parts {
+        out.put_slice(p);
+    }
+}
+
+impl Statements<'_> {
+    /// Handles one client message (tag and body); rewritten bytes go to `out`.
+    ///
+    /// # Errors
+    /// A Parse, Bind, Describe or Close body that is malformed.
+    pub fn client_message(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<Rewrite, ProtocolError> {
+        match tag {
+            b'P' => self.parse(body, out),
+            b'B' => self.bind(body, out),
+            b'D' | b'C' => self.describe_or_close(tag, body, out),
+            b'E' => {
+                self.queue.push(Expect::Pass { until: EXECUTE_DONE, sync: false });
+                Ok(Rewrite::AsIs)
+            }
+            b'S' => {
+                self.queue.push(Expect::Pass { until: READY, sync: true });
+                Ok(Rewrite::AsIs)
+            }
+            b'Q' | b'F' => {
+                self.queue.push(Expect::Pass { until: READY, sync: false });
+                Ok(Rewrite::AsIs)
+            }
+            _ => Ok(Rewrite::AsIs),
+        }
+    }
+
+    /// Makes sure `stmt` is prepared on the server, injecting a Parse (and an eviction) if not.
+    fn ensure_prepared(&mut self, stmt: &Statement, out: &mut BytesMut) {
+        if self.server.touch(&stmt.server_name) {
+            return;
+        }
+        self.prepare(stmt, true, out);
+    }
+
+    fn prepare(&mut self, stmt: &Statement, swallow: bool, out: &mut BytesMut) {
+        if let Some(old) = self.server.insert(stmt.server_name.clone()) {
+            put_message(out, b'C', &[b"S", old.as_bytes(), b"\0"]);
+            self.queue.push(Expect::EvictClose);
+        }
+        put_message(out, b'P', &[stmt.server_name.as_bytes(), b"\0", &stmt.spec]);
+        self.queue.push(Expect::Parse { name: stmt.server_name.clone(), swallow });
+    }
+
+    fn parse(&mut self, body: &[u8], out: &mut BytesMut) -> Result<Rewrite, ProtocolError> {
+        let end = cstr_end(body, 0, "Parse")?;
+        if end == 0 {
+            self.queue.push(Expect::Pass { until: PARSE_DONE, sync: false });
+            return Ok(Rewrite::AsIs);
+        }
+        let name = name_str(&body[..end], "Parse")?.to_owned();
+        let spec = Bytes::copy_from_slice(&body[end + 1..]);
+        let stmt = Statement { server_name: self.registry.name_for(&spec), spec };
+        if self.server.touch(&stmt.server_name) {
+            self.queue.push(Expect::Synthetic(b'1'));
+        } else {
+            self.prepare(&stmt, false, out);
+        }
+        self.client.by_name.insert(name, stmt);
+        Ok(Rewrite::Replaced)
+    }
+
+    fn bind(&mut self, body: &[u8], out: &mut BytesMut) -> Result<Rewrite, ProtocolError> {
+        let portal_end = cstr_end(body, 0, "Bind")?;
+        let stmt_end = cstr_end(body, portal_end + 1, "Bind")?;
+        let name = &body[portal_end + 1..stmt_end];
+        if name.is_empty() {
+            self.queue.push(Expect::Pass { until: BIND_DONE, sync: false });
+            return Ok(Rewrite::AsIs);
+        }
+        let server_name = self.resolve(name, out)?;
+        self.queue.push(Expect::Pass { until: BIND_DONE, sync: false });
+        put_message(out, b'B', &[&body[..=portal_end], server_name.as_bytes(), b"\0", &body[stmt_end + 1..]]);
+        Ok(Rewrite::Replaced)
+    }
+
+    fn describe_or_close(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<Rewrite, ProtocolError> {
+        let what = if tag == b'D' { "Describe" } else { "Close" };
+        let kind = *body.first().ok_or(ProtocolError::Malformed { what })?;
+        let end = cstr_end(body, 1, what)?;
+        let name = &body[1..end];
+        if kind != b'S' || name.is_empty() {
+            let until = if tag == b'D' { DESCRIBE_DONE } else { CLOSE_DONE };
+            self.queue.push(Expect::Pass { until, sync: false });
+            return Ok(Rewrite::AsIs);
+        }
+        if tag == b'C' {
+            // Server statements are shared; only the client's name goes away.
+            self.client.by_name.remove(name_str(name, what)?);
+            self.queue.push(Expect::Synthetic(b'3'));
+            return Ok(Rewrite::Replaced);
+        }
+        let server_name = self.resolve(name, out)?;
+        self.queue.push(Expect::Pass { until: DESCRIBE_DONE, sync: false });
+        put_message(out, b'D', &[b"S", server_name.as_bytes(), b"\0"]);
+        Ok(Rewrite::Replaced)
+    }
+
+    /// The server name for a client statement name, preparing it on this server if needed. An
+    /// unknown name maps to a server name that cannot exist, so the server reports it missing.
+    fn resolve(&mut self, name: &[u8], out: &mut BytesMut) -> Result<Arc<str>, ProtocolError> {
+        let name = name_str(name, "statement name")?;
+        match self.client.by_name.get(name).cloned() {
+            Some(stmt) => {
+                self.ensure_prepared(&stmt, out);
+                Ok(stmt.server_name)
+            }
+            None => Ok(Arc::from(format!("{SERVER_PREFIX}unknown_{name}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

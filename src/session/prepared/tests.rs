@@ -1,0 +1,196 @@
+//! Unit tests of statement rewriting and the owed-response queue.
+
+use super::*;
+
+fn parse_body(name: &str, query: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.push(0);
+    b.extend_from_slice(query.as_bytes());
+    b.extend_from_slice(&[0, 0, 0]);
+    b
+}
+
+fn bind_body(stmt: &str) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(stmt.as_bytes());
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+    b
+}
+
+struct Fixture {
+    registry: StatementRegistry,
+    client: ClientStatements,
+    server: ServerStatements,
+    queue: ResponseQueue,
+}
+
+impl Fixture {
+    fn new(cap: usize) -> Self {
+        Self {
+            registry: StatementRegistry::default(),
+            client: ClientStatements::default(),
+            server: ServerStatements::new(cap),
+            queue: ResponseQueue::default(),
+        }
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) -> (Rewrite, BytesMut) {
+        let mut out = BytesMut::new();
+        let mut st = Statements {
+            client: &mut self.client,
+            server: &mut self.server,
+            queue: &mut self.queue,
+            registry: &self.registry,
+        };
+        let r = st.client_message(tag, body, &mut out).unwrap();
+        (r, out)
+    }
+
+    fn reply(&mut self, tag: u8) -> ServerAction {
+        self.queue.on_server_message(tag, &mut self.server)
+    }
+}
+
+fn tags(out: &[u8]) -> Vec<u8> {
+    let mut v = vec![];
+    let mut pos = 0;
+    while pos + 5 <= out.len() {
+        v.push(out[pos]);
+        pos += 1 + u32::from_be_bytes([out[pos + 1], out[pos + 2], out[pos + 3], out[pos + 4]]) as usize;
+    }
+    v
+}
+
+#[test]
+fn a_named_parse_goes_out_under_the_pooler_wide_name() {
+    let mut f = Fixture::new(10);
+    let (r, out) = f.send(b'P', &parse_body("s1", "select 1"));
+    assert_eq!(r, Rewrite::Replaced);
+    assert!(out.windows(8).any(|w| w == b"sluice_0"), "{out:?}");
+    f.send(b'S', &[]);
+    assert_eq!(f.reply(b'1'), ServerAction::Forward);
+    assert_eq!(f.reply(b'Z'), ServerAction::Forward);
+    assert!(f.queue.is_empty());
+    assert!(f.server.touch("sluice_0"));
+}
+
+#[test]
+fn the_same_text_from_another_client_on_a_prepared_server_is_answered_by_sluice() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("a", "select 1"));
+    f.reply(b'1');
+    f.client = ClientStatements::default();
+    let (r, out) = f.send(b'P', &parse_body("other_name", "select 1"));
+    assert_eq!(r, Rewrite::Replaced);
+    assert!(out.is_empty(), "nothing is sent to the server");
+    assert!(f.queue.synthetic_due());
+    let mut to_client = BytesMut::new();
+    f.queue.take_synthetic(&mut to_client);
+    assert_eq!(&to_client[..], &[b'1', 0, 0, 0, 4]);
+}
+
+#[test]
+fn a_bind_on_a_server_without_the_statement_injects_a_parse_whose_reply_is_swallowed() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("s1", "select 1"));
+    f.reply(b'1');
+    f.server.clear(); // the client lands on another server connection
+    let (r, out) = f.send(b'B', &bind_body("s1"));
+    assert_eq!(r, Rewrite::Replaced);
+    assert_eq!(tags(&out), b"PB");
+    f.send(b'E', &[0, 0, 0, 0, 0]);
+    f.send(b'S', &[]);
+    assert!(f.queue.swallows(b'1'));
+    assert_eq!(f.reply(b'1'), ServerAction::Swallow);
+    for t in [b'2', b'D', b'C', b'Z'] {
+        assert_eq!(f.reply(t), ServerAction::Forward);
+    }
+    assert!(f.queue.is_empty());
+}
+
+#[test]
+fn unnamed_statements_pass_untouched() {
+    let mut f = Fixture::new(10);
+    assert_eq!(f.send(b'P', &parse_body("", "select 1")).0, Rewrite::AsIs);
+    assert_eq!(f.send(b'B', &bind_body("")).0, Rewrite::AsIs);
+    assert_eq!(f.send(b'D', b"P\0").0, Rewrite::AsIs);
+    assert_eq!(f.send(b'E', &[0, 0, 0, 0, 0]).0, Rewrite::AsIs);
+}
+
+#[test]
+fn close_of_a_named_statement_is_answered_by_sluice_and_forgets_the_name() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("s1", "select 1"));
+    f.reply(b'1');
+    let (r, out) = f.send(b'C', b"Ss1\0");
+    assert_eq!(r, Rewrite::Replaced);
+    assert!(out.is_empty());
+    assert!(f.queue.synthetic_due());
+    assert!(f.client.is_empty());
+    // A later Bind of the closed name fails on the server, as it would on Postgres.
+    let (_, out) = f.send(b'B', &bind_body("s1"));
+    assert!(out.windows(14).any(|w| w == b"sluice_unknown"));
+}
+
+#[test]
+fn after_an_error_the_made_up_replies_up_to_sync_are_dropped() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("a", "select 1"));
+    f.reply(b'1');
+    // Bind fails; the following Parse of a prepared text would have been answered by sluice.
+    f.send(b'B', &bind_body("a"));
+    f.send(b'P', &parse_body("b", "select 1"));
+    f.send(b'S', &[]);
+    assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    assert!(!f.queue.synthetic_due(), "Postgres skips to Sync, and so does sluice");
+    assert_eq!(f.reply(b'Z'), ServerAction::Forward);
+    assert!(f.queue.is_empty());
+}
+
+#[test]
+fn a_failed_parse_is_not_recorded_as_prepared() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("bad", "selec 1"));
+    f.send(b'S', &[]);
+    f.reply(b'E');
+    f.reply(b'Z');
+    assert!(f.server.is_empty());
+}
+
+#[test]
+fn the_least_recently_used_statement_is_closed_when_the_server_is_full() {
+    let mut f = Fixture::new(2);
+    for (name, q) in [("a", "select 1"), ("b", "select 2")] {
+        f.send(b'P', &parse_body(name, q));
+        f.reply(b'1');
+    }
+    f.send(b'B', &bind_body("a")); // a is now more recent than b
+    f.reply(b'2');
+    let (_, out) = f.send(b'P', &parse_body("c", "select 3"));
+    assert_eq!(tags(&out), b"CP");
+    assert!(out.windows(8).any(|w| w == b"sluice_1"), "b is evicted");
+    assert_eq!(f.reply(b'3'), ServerAction::Swallow);
+    assert_eq!(f.reply(b'1'), ServerAction::Forward);
+    assert_eq!(f.server.len(), 2);
+}
+
+#[test]
+fn an_error_inside_a_simple_query_does_not_skip_later_entries() {
+    let mut f = Fixture::new(2);
+    f.send(b'Q', &[]);
+    f.send(b'Q', &[]);
+    assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    f.reply(b'Z');
+    f.reply(b'Z');
+    assert!(f.queue.is_empty());
+}
+
+#[test]
+fn malformed_bodies_are_errors_not_panics() {
+    let mut f = Fixture::new(2);
+    let mut out = BytesMut::new();
+    let mut st = Statements { client: &mut f.client, server: &mut f.server, queue: &mut f.queue, registry: &f.registry };
+    for (tag, body) in [(b'P', &b"no-nul"[..]), (b'B', b"\0"), (b'D', b""), (b'C', b"S")] {
+        assert!(st.client_message(tag, body, &mut out).is_err());
+    }
+}
