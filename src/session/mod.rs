@@ -188,10 +188,10 @@ impl Running {
                 held = Some(server);
             }
             let Some(server) = held.as_mut() else { continue };
-            self.cancel.slot.set(Some((server.addr(), server.key())));
+            self.cancel.slot.set((server.addr(), server.key()));
             let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
             let end = relay::relay(&mut self.client, server, opts, registry, &mut timer).await;
-            self.cancel.slot.set(None);
+            self.cancel.slot.clear().await;
             match end {
                 RelayEnd::Released => {
                     held = None;
