@@ -390,3 +390,54 @@ async fn a_client_leaving_before_its_sync_has_the_implicit_transaction_rolled_ba
         c.query_typed("select id from t order by id", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, Vec::<i32>::new(), "Postgres keeps none; through sluice these were committed");
 }
+
+/// Reads what arrives within `quiet` of silence (at most 5 s in all) and returns the tags.
+async fn drain_tags(raw: &mut Raw, quiet: Duration) -> String {
+    let mut out = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(quiet, raw.recv()).await {
+            Ok(Some(m)) => out.push(m.0 as char),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_sent_during_copy_in_is_ignored_as_postgres_ignores_it() {
+    // tokio-postgres's copy_in sends Bind, Execute, Sync, then the data, CopyDone and another
+    // Sync; Postgres ignores the Sync that arrives in copy-in mode and answers one ReadyForQuery.
+    // Every later answer must stay in step (a Close of the statement, then a query).
+    let db = unique_db("copy_sync");
+    let sluice = start_sluice(&db, "[pool]\nsize = 1").await;
+    on_primary(&format!("\\c {db}\ncreate table t (id int)"));
+    let mut seen = vec![];
+    for addr in [cluster().primary.addr(), sluice.local_addrs()[0]] {
+        let mut raw = Raw::login(addr, &db).await;
+        // A named statement, as tokio-postgres prepares it.
+        let mut body = cstr("s0");
+        body.extend(cstr("copy t from stdin"));
+        body.extend_from_slice(&0u16.to_be_bytes());
+        let mut m = message(b'P', &body);
+        m.extend(message(b'D', &[b"S".as_slice(), &cstr("s0")].concat()));
+        m.extend(SYNC);
+        raw.send(&m).await;
+        let mut tags_seen = tags(&raw.until(b'Z').await);
+        let mut m = message(b'B', &[cstr(""), cstr("s0"), vec![0, 0, 0, 0, 0, 0]].concat());
+        m.extend(execute());
+        m.extend(SYNC);
+        raw.send(&m).await;
+        tags_seen += &tags(&raw.until(b'G').await);
+        raw.send(&[message(b'd', b"1\n"), message(b'c', b""), SYNC.to_vec()].concat()).await;
+        tags_seen += &drain_tags(&mut raw, Duration::from_millis(300)).await;
+        // Then the statement is closed, as tokio-postgres does when it drops it.
+        raw.send(&[message(b'C', &[b"S".as_slice(), &cstr("s0")].concat()), SYNC.to_vec()].concat()).await;
+        tags_seen += &drain_tags(&mut raw, Duration::from_millis(300)).await;
+        raw.send(&query("select 1")).await;
+        tags_seen += &drain_tags(&mut raw, Duration::from_millis(300)).await;
+        seen.push(tags_seen);
+    }
+    assert_eq!(seen[0], "1tnZ2GCZ3ZTDCZ", "Postgres itself");
+    assert_eq!(seen[1], seen[0], "through sluice");
+}

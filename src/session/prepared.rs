@@ -235,6 +235,15 @@ impl ResponseQueue {
         if tag == b'E' {
             return self.on_error(server);
         }
+        if matches!(tag, b'G' | b'W') {
+            // COPY FROM STDIN began: the Syncs sent after its Execute are ignored by the server.
+            let keep = self.q.front().cloned();
+            self.q.retain(|e| !matches!(e, Expect::Pass { sync: true, .. }));
+            if let Some(head @ Expect::Pass { sync: true, .. }) = keep {
+                self.q.push_front(head);
+            }
+            return ServerAction::Forward;
+        }
         let Some(head) = self.q.front() else { return ServerAction::Forward };
         match head {
             Expect::Pass { until, .. } => {

@@ -11,6 +11,8 @@ pub enum ClientAction {
     Forward,
     /// Terminate: end the session without sending it to the server (the server stays pooled).
     Terminate,
+    /// Send it, but the server ignores it (Sync or Flush during COPY FROM STDIN): no response.
+    ForwardIgnored,
 }
 
 /// Tracks in-flight requests and the transaction status of a server connection.
@@ -26,24 +28,60 @@ pub struct TransactionTracker {
     copy_in: bool,
     /// The server is sending COPY data.
     copy_out: bool,
+    /// ReadyForQuery messages asked for so far (sequence number of the latest).
+    asked: u64,
+    /// ReadyForQuery messages received so far.
+    answered: u64,
+    /// Syncs sent since the last Execute or Query (the server ignores them if that started a
+    /// COPY FROM STDIN).
+    syncs_since_start: u32,
+    /// The server is in COPY FROM STDIN and the client has not sent CopyDone or CopyFail yet.
+    client_copying: bool,
 }
 
 impl Default for TransactionTracker {
     fn default() -> Self {
-        Self { pending: 0, status: TransactionStatus::Idle, unsynced: false, copy_in: false, copy_out: false }
+        Self {
+            pending: 0,
+            status: TransactionStatus::Idle,
+            unsynced: false,
+            copy_in: false,
+            copy_out: false,
+            asked: 0,
+            answered: 0,
+            syncs_since_start: 0,
+            client_copying: false,
+        }
     }
 }
 
 impl TransactionTracker {
     /// Notes a message from the client, by tag.
     pub fn client_message(&mut self, tag: u8) -> ClientAction {
+        if self.client_copying {
+            match tag {
+                b'S' | b'H' => return ClientAction::ForwardIgnored,
+                b'c' | b'f' => self.client_copying = false,
+                _ => {}
+            }
+        }
         match tag {
-            b'Q' | b'F' => self.pending += 1,
+            b'Q' | b'F' => {
+                self.pending += 1;
+                self.asked += 1;
+                self.syncs_since_start = 0;
+            }
             b'S' => {
                 self.pending += 1;
+                self.asked += 1;
+                self.syncs_since_start += 1;
                 self.unsynced = false;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' | b'H' => self.unsynced = true,
+            b'E' => {
+                self.unsynced = true;
+                self.syncs_since_start = 0;
+            }
+            b'P' | b'B' | b'D' | b'C' | b'H' => self.unsynced = true,
             b'X' => return ClientAction::Terminate,
             _ => {}
         }
@@ -56,6 +94,7 @@ impl TransactionTracker {
         match tag {
             b'Z' => {
                 self.pending = self.pending.saturating_sub(1);
+                self.answered += 1;
                 if let Some(s) = body.first().copied().and_then(TransactionStatus::from_byte) {
                     self.status = s;
                 }
@@ -63,7 +102,16 @@ impl TransactionTracker {
                 self.copy_out = false;
                 return self.is_idle();
             }
-            b'G' | b'W' => self.copy_in = true,
+            b'G' | b'W' => {
+                self.copy_in = true;
+                // Syncs sent after the Execute that started the copy are ignored by the server.
+                let ignored = self.syncs_since_start;
+                self.pending = self.pending.saturating_sub(ignored);
+                self.asked -= u64::from(ignored).min(self.asked);
+                self.unsynced |= ignored > 0;
+                self.syncs_since_start = 0;
+                self.client_copying = true;
+            }
             b'H' => self.copy_out = true,
             b'c' => self.copy_out = false,
             b'C' | b'E' if self.copy_in => self.copy_in = false,
@@ -81,6 +129,22 @@ impl TransactionTracker {
     /// connection until it ends the transaction.
     pub fn is_idle_in_transaction(&self) -> bool {
         self.pending == 0 && !self.unsynced && !self.copy_in && self.status != TransactionStatus::Idle
+    }
+
+    /// Syncs the server will ignore because a COPY FROM STDIN began before them (reported once,
+    /// when the copy begins; see [`TransactionTracker::server_message`]).
+    pub fn client_copying(&self) -> bool {
+        self.client_copying
+    }
+
+    /// Sequence number of the latest ReadyForQuery asked for.
+    pub fn asked(&self) -> u64 {
+        self.asked
+    }
+
+    /// Sequence number of the latest ReadyForQuery received.
+    pub fn answered(&self) -> u64 {
+        self.answered
     }
 
     /// ReadyForQuery messages still expected.
@@ -181,6 +245,22 @@ mod tests {
         feed_client(&mut t, b"ddc");
         t.server_message(b'C', &[]);
         assert!(!t.in_copy_in());
+        assert!(t.server_message(b'Z', b"I"));
+    }
+
+    #[test]
+    fn a_sync_sent_before_copy_in_began_is_ignored_like_the_server_ignores_it() {
+        let mut t = TransactionTracker::default();
+        feed_client(&mut t, b"BES");
+        assert_eq!(t.pending(), 1);
+        t.server_message(b'2', &[]);
+        t.server_message(b'G', &[]);
+        assert_eq!(t.pending(), 0, "the Sync arrived in copy-in mode");
+        assert_eq!(t.client_message(b'd'), ClientAction::Forward);
+        assert_eq!(t.client_message(b'S'), ClientAction::ForwardIgnored);
+        assert_eq!(t.client_message(b'c'), ClientAction::Forward);
+        assert_eq!(t.client_message(b'S'), ClientAction::Forward);
+        t.server_message(b'C', &[]);
         assert!(t.server_message(b'Z', b"I"));
     }
 
