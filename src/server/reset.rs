@@ -1,6 +1,7 @@
 //! Bringing a server connection back to a clean state after its client left abruptly: end a
-//! COPY, Sync unsynced extended messages, cancel and drain a running query, roll back an open
-//! transaction, and DISCARD ALL after a session-mode client.
+//! COPY, fail and Sync unsynced extended messages (so their implicit transaction rolls back),
+//! cancel and drain a running query, roll back an open transaction, and DISCARD ALL after a
+//! session-mode client.
 
 use super::{send_cancel, ServerConnection};
 use bytes::{BufMut, BytesMut};
@@ -29,6 +30,16 @@ async fn steps(conn: &mut ServerConnection) -> Result<(), super::ServerError> {
         conn.tracker.client_message(b'f');
     }
     if conn.tracker.unsynced() {
+        if !conn.tracker.in_copy_in() {
+            // Work the client executed but never synced must not be committed by our Sync, as
+            // Postgres would not commit it when the client goes away: fail the implicit
+            // transaction first with a Parse that cannot succeed.
+            let bad = b"\0sluice: client left before Sync\0\0\0";
+            out.put_u8(b'P');
+            out.put_u32((bad.len() + 4) as u32);
+            out.put_slice(bad);
+            conn.tracker.client_message(b'P');
+        }
         out.put_slice(&[b'S', 0, 0, 0, 4]);
         conn.tracker.client_message(b'S');
     }
