@@ -350,3 +350,70 @@ async fn an_error_in_a_pipeline_of_prepared_statements_skips_to_sync_as_postgres
     let again = other.prepare("select $1::int").await.unwrap();
     assert_eq!(other.query_one(&again, &[&5i32]).await.unwrap().get::<_, i32>(0), 5);
 }
+
+async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_typed(&format!("select current_setting('{name}', true)"), &[]).await.unwrap()[0]
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_and_reset_follow_the_client_in_transaction_mode_and_stay_its_own() {
+    let db = unique_db("set_tracking");
+    let proxy = Arc::new(start_proxy(&db, "[pool]\nsize = 2").await);
+    on_primary(&format!("\\c {db}\ncreate schema s1; create schema s2;"));
+    let mut tasks = vec![];
+    for i in 0..8 {
+        let proxy = proxy.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = proxy.connect_with("postgres", "options='-c search_path=s1'").await.unwrap();
+            let timeout = format!("{}s", 10 + i);
+            c.batch_execute(&format!("SET statement_timeout = '{timeout}'; SET myapp.tenant TO 't{i}'")).await.unwrap();
+            if i % 2 == 0 {
+                c.batch_execute("SET search_path TO s2").await.unwrap();
+            }
+            for _ in 0..10 {
+                assert_eq!(setting(&c, "statement_timeout").await, timeout);
+                assert_eq!(setting(&c, "myapp.tenant").await, format!("t{i}"));
+                let path = if i % 2 == 0 { "s2" } else { "s1" };
+                assert_eq!(setting(&c, "search_path").await, path);
+                tokio::task::yield_now().await;
+            }
+            // Rolled back with its transaction: does not hold.
+            c.batch_execute("BEGIN").await.unwrap();
+            c.batch_execute("SET work_mem = '7MB'").await.unwrap();
+            c.batch_execute("ROLLBACK").await.unwrap();
+            // Committed with its transaction: holds.
+            c.batch_execute("BEGIN").await.unwrap();
+            c.batch_execute("SET lock_timeout = '3s'").await.unwrap();
+            c.batch_execute("COMMIT").await.unwrap();
+            // A failing SET does not hold.
+            assert!(c.batch_execute("SET work_mem = 'lots'").await.is_err());
+            for _ in 0..5 {
+                assert_ne!(setting(&c, "work_mem").await, "7MB");
+                assert_eq!(setting(&c, "lock_timeout").await, "3s");
+                tokio::task::yield_now().await;
+            }
+            // SET LOCAL stays in its transaction.
+            c.batch_execute("BEGIN; SET LOCAL statement_timeout = '1min'; COMMIT").await.unwrap();
+            assert_eq!(setting(&c, "statement_timeout").await, timeout);
+            // RESET goes back to the startup value, RESET ALL to the session defaults.
+            c.batch_execute("RESET search_path").await.unwrap();
+            for _ in 0..5 {
+                assert_eq!(setting(&c, "search_path").await, "s1");
+            }
+            c.batch_execute("RESET ALL").await.unwrap();
+            for _ in 0..5 {
+                assert_eq!(setting(&c, "myapp.tenant").await, "");
+                assert_eq!(setting(&c, "statement_timeout").await, "0");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fresh = proxy.connect().await;
+    assert_eq!(setting(&fresh, "statement_timeout").await, "0");
+    assert_eq!(setting(&fresh, "myapp.tenant").await, "");
+    assert_eq!(setting(&fresh, "search_path").await, "\"$user\", public");
+}

@@ -204,13 +204,7 @@ impl ServerConnection {
         self.run_internal(&sql).await?;
         // Reported settings were updated from ParameterStatus as the server normalized them;
         // the others (search_path, ...) produce none, so record them as sent.
-        let mut now = ParamSet::default();
-        for (k, v) in target.iter() {
-            match self.params.get(k) {
-                Some(reported) if ParamSet::is_tracked(k) => now.set(k, reported),
-                _ => now.set(k, v),
-            };
-        }
+        let now = target.with_reported_from(&self.params);
         self.params = now;
         Ok(())
     }

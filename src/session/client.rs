@@ -3,6 +3,7 @@
 
 use super::params::ParamSet;
 use super::prepared::ClientStatements;
+use super::setting::SettingTracker;
 use crate::protocol::backend::{self, Severity, SqlState, TransactionStatus};
 use crate::protocol::frame::Scanner;
 use bytes::BytesMut;
@@ -28,6 +29,10 @@ pub struct ClientConn {
     pub(crate) to_client: BytesMut,
     /// The client's named prepared statements.
     pub(crate) statements: ClientStatements,
+    /// SET / RESET statements waiting for the server's verdict.
+    pub(crate) settings: SettingTracker,
+    /// The parameters the client logged in with (what RESET returns to).
+    pub(crate) startup: ParamSet,
     /// The client sent Terminate.
     pub(crate) terminated: bool,
     /// The parameters this client's session runs with.
@@ -47,6 +52,8 @@ impl ClientConn {
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             statements: ClientStatements::default(),
+            settings: SettingTracker::default(),
+            startup: params.clone(),
             scanner: Scanner::new(max_message_size),
             terminated: false,
             params,

@@ -13,6 +13,7 @@ pub mod login;
 pub mod params;
 pub mod prepared;
 pub mod relay;
+pub mod setting;
 pub mod state;
 mod welcome;
 

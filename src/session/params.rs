@@ -26,12 +26,14 @@ struct Param {
     key: String,
     name: String,
     value: String,
+    /// `value` is SQL text (from a client's SET) rather than a plain string.
+    raw: bool,
 }
 
 // Two parameters are the same setting whatever case the name was written in.
 impl PartialEq for Param {
     fn eq(&self, other: &Self) -> bool {
-        self.key == other.key && self.value == other.value
+        self.key == other.key && self.value == other.value && self.raw == other.raw
     }
 }
 
@@ -41,6 +43,7 @@ impl Hash for Param {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.key.hash(state);
         self.value.hash(state);
+        self.raw.hash(state);
     }
 }
 
@@ -79,20 +82,62 @@ impl ParamSet {
 
     /// Sets a parameter; returns whether anything changed.
     pub fn set(&mut self, name: &str, value: &str) -> bool {
+        self.put(name, value, false)
+    }
+
+    /// Sets a parameter to a value written in SQL (as a client's SET statement had it).
+    pub fn set_sql(&mut self, name: &str, sql_value: &str) -> bool {
+        self.put(name, sql_value, true)
+    }
+
+    fn put(&mut self, name: &str, value: &str, raw: bool) -> bool {
         match self.params.binary_search_by(|p| cmp_key(&p.key, name)) {
-            Ok(i) if self.params[i].value == value => return false,
+            Ok(i) if self.params[i].value == value && self.params[i].raw == raw => return false,
             Ok(i) => {
                 let p = &mut std::sync::Arc::make_mut(&mut self.params)[i];
                 p.value = value.to_owned();
                 p.name = name.to_owned();
+                p.raw = raw;
             }
             Err(i) => std::sync::Arc::make_mut(&mut self.params).insert(
                 i,
-                Param { key: name.to_ascii_lowercase(), name: name.to_owned(), value: value.to_owned() },
+                Param { key: name.to_ascii_lowercase(), name: name.to_owned(), value: value.to_owned(), raw },
             ),
         }
         self.rehash();
         true
+    }
+
+    /// Removes a parameter; returns whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.params.binary_search_by(|p| cmp_key(&p.key, name)) {
+            Ok(i) => {
+                std::sync::Arc::make_mut(&mut self.params).remove(i);
+                self.rehash();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// This set, with the tracked reported parameters taken from `reported` (the values a server
+    /// normalized them to).
+    pub fn with_reported_from(&self, reported: &ParamSet) -> ParamSet {
+        let mut out = self.clone();
+        for p in reported.params.iter().filter(|p| Self::is_tracked(&p.key)) {
+            if out.get(&p.key).is_some() {
+                out.put(&p.name, &p.value, false);
+            }
+        }
+        out
+    }
+
+    /// Removes every parameter that is not a tracked reported one.
+    pub fn retain_reported(&mut self) {
+        if self.params.iter().any(|p| !Self::is_tracked(&p.key)) {
+            std::sync::Arc::make_mut(&mut self.params).retain(|p| Self::is_tracked(&p.key));
+            self.rehash();
+        }
     }
 
     /// A parameter's value.
@@ -136,11 +181,19 @@ impl ParamSet {
         }
         let mut sql = String::new();
         for p in target.params.iter() {
-            if self.get(&p.key) != Some(p.value.as_str()) {
+            let same = self
+                .params
+                .binary_search_by(|q| q.key.cmp(&p.key))
+                .is_ok_and(|i| self.params[i] == *p);
+            if !same {
                 sql.push_str("SET ");
                 sql.push_str(&p.key);
                 sql.push_str(" TO ");
-                push_literal(&mut sql, &p.value);
+                if p.raw {
+                    sql.push_str(&p.value);
+                } else {
+                    push_literal(&mut sql, &p.value);
+                }
                 sql.push(';');
             }
         }
@@ -210,6 +263,19 @@ mod tests {
         assert!(!s.set("datestyle", "ISO, MDY"));
         assert!(s.set("DateStyle", "ISO, DMY"));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn values_from_set_statements_are_replayed_as_written() {
+        let mut client = ParamSet::default();
+        client.set_sql("search_path", "a, \"B\"");
+        assert_eq!(ParamSet::default().diff_sql(&client).unwrap(), "SET search_path TO a, \"B\";");
+        let mut server = client.clone();
+        assert_eq!(server.diff_sql(&client), None);
+        server.remove("search_path");
+        assert!(server.diff_sql(&client).is_some());
+        client.retain_reported();
+        assert!(client.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use super::client::ClientConn;
 use super::params::ParamSet;
 use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
+use super::setting::{self, SettingTracker};
 use super::state::{ClientAction, TransactionTracker};
 use crate::protocol::backend;
 use crate::protocol::frame::{Flow, Inspect, Want};
@@ -48,6 +49,10 @@ struct ClientSide<'a> {
     tracker: &'a mut TransactionTracker,
     /// Statement rewriting (transaction mode only).
     statements: Option<Statements<'a>>,
+    /// SET / RESET tracking (transaction mode only).
+    settings: Option<&'a mut SettingTracker>,
+    /// The client's startup parameters (what RESET returns to).
+    startup: &'a ParamSet,
     /// Rewritten (and, after the first rewrite, all following) messages for the server.
     out: &'a mut BytesMut,
     copying: bool,
@@ -66,20 +71,52 @@ impl Inspect for ClientSide<'_> {
             }
         } else if self.statements.is_some() && matches!(tag, b'P' | b'B' | b'D' | b'C') {
             Want::Body
+        } else if tag == b'Q' && self.settings.is_some() && len <= COPY_LIMIT {
+            Want::Body
         } else {
             Want::Header
         }
     }
 
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
-        if self.tracker.client_message(tag) == ClientAction::Terminate {
+        let action = self.tracker.client_message(tag);
+        if action == ClientAction::Terminate {
             self.terminated = true;
             return Flow::StopBefore;
         }
-        let Some(st) = self.statements.as_mut() else { return Flow::Continue };
+        let mut replaced_query = false;
+        if tag == b'Q' && !body.is_empty() {
+            if let Some(settings) = self.settings.as_mut() {
+                let text = body.strip_suffix(&[0]).and_then(|b| std::str::from_utf8(b).ok());
+                if let Some(mut changes) = text.and_then(setting::parse_query) {
+                    if let Some((sql, rewritten)) = setting::rewrite_resets(&changes, self.startup) {
+                        self.out.put_u8(b'Q');
+                        self.out.put_u32(sql.len() as u32 + 5);
+                        self.out.put_slice(sql.as_bytes());
+                        self.out.put_u8(0);
+                        self.copying = true;
+                        replaced_query = true;
+                        changes = rewritten;
+                    }
+                    settings.query_sent(self.tracker.asked(), changes);
+                }
+            }
+        }
+        let Some(st) = self.statements.as_mut() else {
+            if replaced_query {
+                self.copied += 5 + body.len();
+            }
+            return Flow::Continue;
+        };
         let before = self.out.len();
-        match st.client_message(tag, body, self.out) {
+        let rewrite = if action == ClientAction::ForwardIgnored {
+            Ok(Rewrite::AsIs)
+        } else {
+            st.client_message(tag, body, self.out)
+        };
+        match rewrite {
             Ok(Rewrite::Replaced) => self.copying = true,
+            Ok(Rewrite::AsIs) if replaced_query => {}
             Ok(Rewrite::AsIs) if self.copying => {
                 self.out.put_u8(tag);
                 self.out.put_u32(body.len() as u32 + 4);
@@ -103,6 +140,8 @@ struct ServerSide<'a> {
     client_params: &'a mut ParamSet,
     responses: &'a mut ResponseQueue,
     statements: &'a mut ServerStatements,
+    settings: Option<&'a mut SettingTracker>,
+    startup: &'a ParamSet,
     release: bool,
 }
 
@@ -112,12 +151,26 @@ impl Inspect for ServerSide<'_> {
             Want::Stop
         } else if matches!(tag, b'Z' | b'S') {
             Want::Body
+        } else if tag == b'C' && self.settings.as_ref().is_some_and(|s| s.wants_command_tags()) {
+            Want::Body
         } else {
             Want::Header
         }
     }
 
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        if let Some(settings) = self.settings.as_mut().filter(|s| !s.is_idle()) {
+            match tag {
+                b'E' => settings.error(self.tracker.answered() + 1),
+                b'C' => settings.command_complete(body),
+                b'Z' => {
+                    let status = body.first().copied().unwrap_or(b'I');
+                    let changes = settings.ready(self.tracker.answered() + 1, status);
+                    setting::apply(changes, self.client_params, self.server_params, self.startup);
+                }
+                _ => {}
+            }
+        }
         if tag == b'S' {
             if let Some((k, v)) = backend::parse_parameter_status(body) {
                 if ParamSet::is_tracked(k) {
@@ -290,6 +343,8 @@ impl Relay<'_> {
                 let mut insp = ClientSide {
                     tracker: &mut s.tracker,
                     statements,
+                    settings: self.opts.release_at_idle.then_some(&mut c.settings),
+                    startup: &c.startup,
                     out: &mut c.to_server,
                     copying: false,
                     copied: 0,
@@ -330,6 +385,8 @@ impl Relay<'_> {
                     client_params: &mut c.params,
                     responses: &mut s.responses,
                     statements: &mut s.statements,
+                    settings: self.opts.release_at_idle.then_some(&mut c.settings),
+                    startup: &c.startup,
                     release: self.opts.release_at_idle,
                 };
                 let scanned = match s.scanner.scan(&s.buf, &mut insp) {

@@ -1,0 +1,433 @@
+//! Session settings a client changes with SET and RESET in simple-protocol queries, so that
+//! they follow the client to whatever server connection it lands on in transaction mode. Pure:
+//! a small parser for queries made only of SET / RESET statements, and a tracker that decides,
+//! from the server's responses, which of them took effect (not a failed one, not one rolled back
+//! with its transaction, never SET LOCAL).
+
+use super::params::ParamSet;
+use std::collections::VecDeque;
+
+/// One statement that changes a session setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingChange {
+    /// `SET name TO value` (value kept as SQL text).
+    Set {
+        /// Lowercased setting name.
+        name: String,
+        /// The value as written, SQL syntax.
+        value: String,
+    },
+    /// `RESET name` or `SET name TO DEFAULT`.
+    Reset {
+        /// Lowercased setting name.
+        name: String,
+    },
+    /// `RESET ALL`.
+    ResetAll,
+}
+
+/// Splits SQL into statements on semicolons outside quotes and comments; `None` for text it
+/// does not fully understand (dollar quoting, unterminated quotes).
+fn statements(sql: &str) -> Option<Vec<&str>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let (mut start, mut i) = (0, 0);
+    while i < b.len() {
+        match b[i] {
+            b'\'' | b'"' => {
+                let q = b[i];
+                i += 1;
+                loop {
+                    if i >= b.len() {
+                        return None;
+                    }
+                    if b[i] == q {
+                        if i + 1 < b.len() && b[i + 1] == q {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            b'$' => return None,
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let end = sql[i + 2..].find("*/")?;
+                i += end + 3;
+            }
+            b';' => {
+                out.push(&sql[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push(&sql[start..]);
+    Some(out.into_iter().map(strip).filter(|s| !s.is_empty()).collect())
+}
+
+/// Trims whitespace and leading comments.
+fn strip(mut s: &str) -> &str {
+    loop {
+        s = s.trim();
+        if let Some(rest) = s.strip_prefix("--") {
+            s = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = s.strip_prefix("/*") {
+            s = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return s;
+        }
+    }
+}
+
+fn keyword<'a>(s: &'a str, kw: &str) -> Option<&'a str> {
+    let head = s.get(..kw.len())?;
+    let rest = &s[kw.len()..];
+    (head.eq_ignore_ascii_case(kw) && rest.chars().next().is_none_or(|c| c.is_whitespace()))
+        .then(|| rest.trim_start())
+}
+
+fn setting_name(s: &str) -> Option<(String, &str)> {
+    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).unwrap_or(s.len());
+    let name = &s[..end];
+    (super::params::valid_name(name)).then(|| (name.to_ascii_lowercase(), s[end..].trim_start()))
+}
+
+/// Reads one statement; `Ok(None)` for SET LOCAL (transaction-scoped: nothing to carry), `Err`
+/// for anything that is not a SET or RESET sluice understands.
+fn change(stmt: &str) -> Result<Option<SettingChange>, ()> {
+    if let Some(rest) = keyword(stmt, "RESET") {
+        if keyword(rest, "ALL").is_some_and(str::is_empty) {
+            return Ok(Some(SettingChange::ResetAll));
+        }
+        let (name, tail) = setting_name(rest).ok_or(())?;
+        return if tail.is_empty() { Ok(Some(SettingChange::Reset { name })) } else { Err(()) };
+    }
+    let mut rest = keyword(stmt, "SET").ok_or(())?;
+    if keyword(rest, "LOCAL").is_some() {
+        return Ok(None);
+    }
+    if let Some(r) = keyword(rest, "SESSION") {
+        if keyword(r, "AUTHORIZATION").is_some() || keyword(r, "CHARACTERISTICS").is_some() {
+            return Err(());
+        }
+        rest = r;
+    }
+    if keyword(rest, "TRANSACTION").is_some() || keyword(rest, "ROLE").is_some() || keyword(rest, "CONSTRAINTS").is_some() {
+        return Err(());
+    }
+    let (name, value) = if let Some(v) = keyword(rest, "TIME").and_then(|r| keyword(r, "ZONE")) {
+        ("timezone".to_owned(), v)
+    } else {
+        let (name, tail) = setting_name(rest).ok_or(())?;
+        let value = keyword(tail, "TO").or_else(|| tail.strip_prefix('=')).ok_or(())?;
+        (name, value.trim())
+    };
+    if value.is_empty() {
+        return Err(());
+    }
+    if value.eq_ignore_ascii_case("DEFAULT") || value.eq_ignore_ascii_case("LOCAL") && name == "timezone" {
+        return Ok(Some(SettingChange::Reset { name }));
+    }
+    Ok(Some(SettingChange::Set { name, value: value.to_owned() }))
+}
+
+/// The changes a simple query makes, if it consists only of SET / RESET statements.
+pub fn parse_query(sql: &str) -> Option<Vec<SettingChange>> {
+    let head = strip(sql);
+    if keyword(head, "SET").is_none() && keyword(head, "RESET").is_none() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for stmt in statements(sql)? {
+        if let Some(c) = change(stmt).ok()? {
+            out.push(c);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// The ReadyForQuery (by sequence number) that ends the query.
+    ready_seq: u64,
+    changes: Vec<SettingChange>,
+    failed: bool,
+}
+
+/// Decides which tracked SET / RESET statements took effect.
+#[derive(Debug, Default)]
+pub struct SettingTracker {
+    pending: VecDeque<Pending>,
+    /// Changes made inside a still-open transaction block.
+    in_block: Vec<SettingChange>,
+    /// The block's last CommandComplete was COMMIT.
+    committed: bool,
+}
+
+impl SettingTracker {
+    /// Whether anything is waiting on server responses.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty() && self.in_block.is_empty()
+    }
+
+    /// A query of SET / RESET statements went to the server; its ReadyForQuery will be the
+    /// `ready_seq`-th.
+    pub fn query_sent(&mut self, ready_seq: u64, changes: Vec<SettingChange>) {
+        self.pending.push_back(Pending { ready_seq, changes, failed: false });
+    }
+
+    /// Whether CommandComplete bodies are needed (to tell COMMIT from ROLLBACK).
+    pub fn wants_command_tags(&self) -> bool {
+        !self.in_block.is_empty()
+    }
+
+    /// An ErrorResponse arrived before the `ready_seq`-th ReadyForQuery.
+    pub fn error(&mut self, ready_seq: u64) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.ready_seq == ready_seq) {
+            p.failed = true;
+        }
+    }
+
+    /// A CommandComplete arrived (its tag text).
+    pub fn command_complete(&mut self, tag: &[u8]) {
+        self.committed = tag.starts_with(b"COMMIT");
+    }
+
+    /// The `ready_seq`-th ReadyForQuery arrived with `status` ('I', 'T', 'E'); returns the changes
+    /// that now hold for the session.
+    pub fn ready(&mut self, ready_seq: u64, status: u8) -> Vec<SettingChange> {
+        let mut done = Vec::new();
+        while self.pending.front().is_some_and(|p| p.ready_seq <= ready_seq) {
+            if let Some(p) = self.pending.pop_front() {
+                if !p.failed && p.ready_seq == ready_seq {
+                    match status {
+                        b'I' => done.extend(p.changes),
+                        b'T' => self.in_block.extend(p.changes),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if status == b'I' && !self.in_block.is_empty() {
+            let block = std::mem::take(&mut self.in_block);
+            if self.committed {
+                done.extend(block);
+            }
+        } else if status == b'E' {
+            self.in_block.clear();
+        }
+        done
+    }
+}
+
+fn push_literal(sql: &mut String, value: &str) {
+    sql.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\'' => sql.push_str("''"),
+            '\\' => sql.push_str("\\\\"),
+            '\0' => {}
+            c => sql.push(c),
+        }
+    }
+    sql.push('\'');
+}
+
+/// A RESET returns a setting to the value the session started with, which for a client of
+/// sluice includes its startup parameters, unknown to the server connection it runs on. When
+/// `changes` reset something the client set at startup, returns the query to send instead (the
+/// startup values set explicitly) and the changes it makes.
+pub fn rewrite_resets(changes: &[SettingChange], startup: &ParamSet) -> Option<(String, Vec<SettingChange>)> {
+    let affected = changes.iter().any(|c| match c {
+        SettingChange::Reset { name } => startup.get(name).is_some(),
+        SettingChange::ResetAll => !startup.is_empty(),
+        SettingChange::Set { .. } => false,
+    });
+    if !affected {
+        return None;
+    }
+    let mut sql = String::new();
+    let mut out = Vec::new();
+    let set_startup = |sql: &mut String, out: &mut Vec<SettingChange>, name: &str, value: &str| {
+        sql.push_str("SET ");
+        sql.push_str(name);
+        sql.push_str(" TO ");
+        let start = sql.len();
+        push_literal(sql, value);
+        out.push(SettingChange::Set { name: name.to_ascii_lowercase(), value: sql[start..].to_owned() });
+        sql.push(';');
+    };
+    for c in changes {
+        match c {
+            SettingChange::Set { name, value } => {
+                sql.push_str(&format!("SET {name} TO {value};"));
+                out.push(c.clone());
+            }
+            SettingChange::Reset { name } => match startup.get(name) {
+                Some(v) => set_startup(&mut sql, &mut out, name, v),
+                None => {
+                    sql.push_str(&format!("RESET {name};"));
+                    out.push(c.clone());
+                }
+            },
+            SettingChange::ResetAll => {
+                sql.push_str("RESET ALL;");
+                out.push(c.clone());
+                for (k, v) in startup.iter() {
+                    set_startup(&mut sql, &mut out, k, v);
+                }
+            }
+        }
+    }
+    Some((sql, out))
+}
+
+/// Applies changes that took effect to the client's settings and to those of the server
+/// connection they were made on. A RESET returns the client to its startup value, which the
+/// server connection (started without the client's startup parameters) does not have.
+pub fn apply(changes: Vec<SettingChange>, client: &mut ParamSet, server: &mut ParamSet, startup: &ParamSet) {
+    for change in changes {
+        match change {
+            // Reported settings arrive as ParameterStatus and are kept from there.
+            SettingChange::Set { name, .. } | SettingChange::Reset { name } if ParamSet::is_tracked(&name) => {}
+            SettingChange::Set { name, value } => {
+                client.set_sql(&name, &value);
+                server.set_sql(&name, &value);
+            }
+            SettingChange::Reset { name } => {
+                server.remove(&name);
+                match startup.get(&name) {
+                    Some(v) => client.set(&name, v),
+                    None => client.remove(&name),
+                };
+            }
+            SettingChange::ResetAll => {
+                server.retain_reported();
+                client.retain_reported();
+                for (k, v) in startup.iter().filter(|(k, _)| !ParamSet::is_tracked(k)) {
+                    client.set(k, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_of_startup_settings_become_sets_of_the_startup_values() {
+        let mut startup = ParamSet::default();
+        startup.set("TimeZone", "Asia/Tokyo");
+        let changes = parse_query("RESET timezone; RESET work_mem").unwrap();
+        let (sql, out) = rewrite_resets(&changes, &startup).unwrap();
+        assert_eq!(sql, "SET timezone TO E'Asia/Tokyo';RESET work_mem;");
+        assert_eq!(out.len(), 2);
+        assert_eq!(parse_query(&sql).unwrap(), out);
+        assert!(rewrite_resets(&parse_query("RESET work_mem").unwrap(), &startup).is_none());
+        let (sql, _) = rewrite_resets(&[SettingChange::ResetAll], &startup).unwrap();
+        assert_eq!(sql, "RESET ALL;SET TimeZone TO E'Asia/Tokyo';");
+    }
+
+    #[test]
+    fn reset_returns_the_client_to_its_startup_value() {
+        let mut startup = ParamSet::default();
+        startup.set("search_path", "s1");
+        let (mut client, mut server) = (startup.clone(), ParamSet::default());
+        server.set("search_path", "s1");
+        apply(vec![set("search_path", "s2"), set("work_mem", "'8MB'")], &mut client, &mut server, &startup);
+        assert_eq!(client.get("work_mem"), Some("'8MB'"));
+        assert_eq!(server.diff_sql(&client), None);
+        apply(vec![SettingChange::Reset { name: "search_path".into() }], &mut client, &mut server, &startup);
+        assert_eq!(client.get("search_path"), Some("s1"));
+        assert_eq!(server.get("search_path"), None);
+        assert!(server.diff_sql(&client).is_some(), "the startup value is set again on the server");
+        apply(vec![SettingChange::ResetAll], &mut client, &mut server, &startup);
+        assert_eq!(client.get("work_mem"), None);
+        assert_eq!(client.get("search_path"), Some("s1"));
+    }
+
+    fn set(name: &str, value: &str) -> SettingChange {
+        SettingChange::Set { name: name.into(), value: value.into() }
+    }
+
+    #[test]
+    fn set_and_reset_statements_parse() {
+        assert_eq!(parse_query("SET search_path TO a, b"), Some(vec![set("search_path", "a, b")]));
+        assert_eq!(parse_query("set statement_timeout = '5s';"), Some(vec![set("statement_timeout", "'5s'")]));
+        assert_eq!(parse_query("SET SESSION myapp.tenant = 'x;y'"), Some(vec![set("myapp.tenant", "'x;y'")]));
+        assert_eq!(parse_query("SET TIME ZONE 'UTC'"), Some(vec![set("timezone", "'UTC'")]));
+        assert_eq!(parse_query("RESET search_path"), Some(vec![SettingChange::Reset { name: "search_path".into() }]));
+        assert_eq!(parse_query("SET work_mem TO DEFAULT"), Some(vec![SettingChange::Reset { name: "work_mem".into() }]));
+        assert_eq!(parse_query(" reset all ; "), Some(vec![SettingChange::ResetAll]));
+        assert_eq!(
+            parse_query("SET a.b = 1; SET c = 'two'"),
+            Some(vec![set("a.b", "1"), set("c", "'two'")])
+        );
+    }
+
+    #[test]
+    fn anything_else_is_not_tracked() {
+        for q in [
+            "SELECT 1",
+            "SET LOCAL work_mem = '1MB'",
+            "SET search_path TO a; SELECT 1",
+            "SET ROLE admin",
+            "SET SESSION AUTHORIZATION bob",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+            "SET x = $$weird$$",
+            "SET x = 'unterminated",
+            "SET x",
+            "settle",
+        ] {
+            assert_eq!(parse_query(q), None, "{q}");
+        }
+    }
+
+    #[test]
+    fn an_autocommit_set_holds_at_its_ready_for_query() {
+        let mut t = SettingTracker::default();
+        t.query_sent(1, vec![set("a", "1")]);
+        assert_eq!(t.ready(1, b'I'), vec![set("a", "1")]);
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_failed_set_does_not_hold() {
+        let mut t = SettingTracker::default();
+        t.query_sent(1, vec![set("a", "1")]);
+        t.error(1);
+        assert!(t.ready(1, b'I').is_empty());
+    }
+
+    #[test]
+    fn a_set_inside_a_transaction_holds_only_if_it_commits() {
+        let mut t = SettingTracker::default();
+        t.query_sent(2, vec![set("a", "1")]);
+        assert!(t.ready(2, b'T').is_empty());
+        assert!(t.wants_command_tags());
+        t.command_complete(b"COMMIT\0");
+        assert_eq!(t.ready(3, b'I'), vec![set("a", "1")]);
+
+        t.query_sent(5, vec![set("b", "2")]);
+        t.ready(5, b'T');
+        t.command_complete(b"ROLLBACK\0");
+        assert!(t.ready(6, b'I').is_empty());
+
+        t.query_sent(8, vec![set("c", "3")]);
+        t.ready(8, b'T');
+        t.ready(9, b'E');
+        t.command_complete(b"ROLLBACK\0");
+        assert!(t.ready(10, b'I').is_empty());
+        assert!(t.is_idle());
+    }
+}
