@@ -83,6 +83,11 @@ impl ClientStatements {
     pub fn clear(&mut self) {
         self.by_name.clear();
     }
+
+    /// Forgets one statement (DEALLOCATE name), returning its server name.
+    pub fn forget(&mut self, name: &str) -> Option<Arc<str>> {
+        self.by_name.remove(name).map(|s| s.server_name)
+    }
 }
 
 /// The statements prepared on one server connection, bounded, least recently used first out.

@@ -7,7 +7,7 @@
 use super::client::ClientConn;
 use super::params::ParamSet;
 use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
-use super::setting::{self, SettingTracker};
+use super::setting::{self, SettingChange, SettingTracker};
 use super::state::{ClientAction, TransactionTracker};
 use crate::protocol::backend;
 use crate::protocol::frame::{Flow, Inspect, Want};
@@ -89,7 +89,23 @@ impl Inspect for ClientSide<'_> {
             if let Some(settings) = self.settings.as_mut() {
                 let text = body.strip_suffix(&[0]).and_then(|b| std::str::from_utf8(b).ok());
                 if let Some(mut changes) = text.and_then(setting::parse_query) {
-                    if let Some((sql, rewritten)) = setting::rewrite_resets(&changes, self.startup) {
+                    let mut renamed = false;
+                    if let Some(st) = self.statements.as_mut() {
+                        for c in changes.iter_mut() {
+                            match c {
+                                SettingChange::Deallocate { name } => {
+                                    // The client's name means nothing on the server.
+                                    if let Some(server_name) = st.client.forget(name) {
+                                        *name = server_name.to_string();
+                                        renamed = true;
+                                    }
+                                }
+                                SettingChange::DeallocateAll | SettingChange::DiscardAll => st.client.clear(),
+                                _ => {}
+                            }
+                        }
+                    }
+                    if let Some((sql, rewritten)) = setting::rewrite_resets(&changes, self.startup, renamed) {
                         self.out.put_u8(b'Q');
                         self.out.put_u32(sql.len() as u32 + 5);
                         self.out.put_slice(sql.as_bytes());
@@ -166,7 +182,13 @@ impl Inspect for ServerSide<'_> {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     let changes = settings.ready(self.tracker.answered() + 1, status);
-                    setting::apply(changes, self.client_params, self.server_params, self.startup);
+                    let effects = setting::apply(changes, self.client_params, self.server_params, self.startup);
+                    if effects.forget_all {
+                        self.statements.clear();
+                    }
+                    for name in &effects.forget {
+                        self.statements.remove(name);
+                    }
                 }
                 _ => {}
             }

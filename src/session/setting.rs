@@ -24,6 +24,15 @@ pub enum SettingChange {
     },
     /// `RESET ALL`.
     ResetAll,
+    /// `DISCARD ALL`: settings back to the session defaults and every prepared statement gone.
+    DiscardAll,
+    /// `DEALLOCATE ALL`.
+    DeallocateAll,
+    /// `DEALLOCATE name` (after rewriting: the server-side name).
+    Deallocate {
+        /// The statement name.
+        name: String,
+    },
 }
 
 /// Splits SQL into statements on semicolons outside quotes and comments; `None` for text it
@@ -103,6 +112,23 @@ fn setting_name(s: &str) -> Option<(String, &str)> {
 /// Reads one statement; `Ok(None)` for SET LOCAL (transaction-scoped: nothing to carry), `Err`
 /// for anything that is not a SET or RESET sluice understands.
 fn change(stmt: &str) -> Result<Option<SettingChange>, ()> {
+    if let Some(rest) = keyword(stmt, "DISCARD") {
+        return if keyword(rest, "ALL").is_some_and(str::is_empty) { Ok(Some(SettingChange::DiscardAll)) } else { Err(()) };
+    }
+    if let Some(mut rest) = keyword(stmt, "DEALLOCATE") {
+        if let Some(r) = keyword(rest, "PREPARE") {
+            rest = r;
+        }
+        if keyword(rest, "ALL").is_some_and(str::is_empty) {
+            return Ok(Some(SettingChange::DeallocateAll));
+        }
+        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(rest.len());
+        return if end > 0 && rest[end..].trim().is_empty() {
+            Ok(Some(SettingChange::Deallocate { name: rest[..end].to_owned() }))
+        } else {
+            Err(())
+        };
+    }
     if let Some(rest) = keyword(stmt, "RESET") {
         if keyword(rest, "ALL").is_some_and(str::is_empty) {
             return Ok(Some(SettingChange::ResetAll));
@@ -142,7 +168,7 @@ fn change(stmt: &str) -> Result<Option<SettingChange>, ()> {
 /// The changes a simple query makes, if it consists only of SET / RESET statements.
 pub fn parse_query(sql: &str) -> Option<Vec<SettingChange>> {
     let head = strip(sql);
-    if keyword(head, "SET").is_none() && keyword(head, "RESET").is_none() {
+    if ["SET", "RESET", "DISCARD", "DEALLOCATE"].iter().all(|k| keyword(head, k).is_none()) {
         return None;
     }
     let mut out = Vec::new();
@@ -245,13 +271,19 @@ fn push_literal(sql: &mut String, value: &str) {
 /// sluice includes its startup parameters, unknown to the server connection it runs on. When
 /// `changes` reset something the client set at startup, returns the query to send instead (the
 /// startup values set explicitly) and the changes it makes.
-pub fn rewrite_resets(changes: &[SettingChange], startup: &ParamSet) -> Option<(String, Vec<SettingChange>)> {
+/// With `force`, the query is rendered from `changes` even when no RESET needs it (a DEALLOCATE
+/// was renamed).
+pub fn rewrite_resets(
+    changes: &[SettingChange],
+    startup: &ParamSet,
+    force: bool,
+) -> Option<(String, Vec<SettingChange>)> {
     let affected = changes.iter().any(|c| match c {
         SettingChange::Reset { name } => startup.get(name).is_some(),
         SettingChange::ResetAll => !startup.is_empty(),
-        SettingChange::Set { .. } => false,
+        _ => false,
     });
-    if !affected {
+    if !affected && !force {
         return None;
     }
     let mut sql = String::new();
@@ -285,15 +317,44 @@ pub fn rewrite_resets(changes: &[SettingChange], startup: &ParamSet) -> Option<(
                     set_startup(&mut sql, &mut out, k, v);
                 }
             }
+            // Not combined with RESET in one query by parse_query's callers in practice; keep
+            // them as written.
+            SettingChange::DiscardAll => {
+                sql.push_str("DISCARD ALL;");
+                out.push(c.clone());
+            }
+            SettingChange::DeallocateAll => {
+                sql.push_str("DEALLOCATE ALL;");
+                out.push(c.clone());
+            }
+            SettingChange::Deallocate { name } => {
+                sql.push_str(&format!("DEALLOCATE {name};"));
+                out.push(c.clone());
+            }
         }
     }
     Some((sql, out))
 }
 
+/// What the server's statements and the client's need after changes took effect.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StatementEffects {
+    /// Every prepared statement on the server connection is gone (and the client's too).
+    pub forget_all: bool,
+    /// These server-side statements are gone.
+    pub forget: Vec<String>,
+}
+
 /// Applies changes that took effect to the client's settings and to those of the server
 /// connection they were made on. A RESET returns the client to its startup value, which the
 /// server connection (started without the client's startup parameters) does not have.
-pub fn apply(changes: Vec<SettingChange>, client: &mut ParamSet, server: &mut ParamSet, startup: &ParamSet) {
+pub fn apply(
+    changes: Vec<SettingChange>,
+    client: &mut ParamSet,
+    server: &mut ParamSet,
+    startup: &ParamSet,
+) -> StatementEffects {
+    let mut effects = StatementEffects::default();
     for change in changes {
         match change {
             // Reported settings arrive as ParameterStatus and are kept from there.
@@ -316,8 +377,18 @@ pub fn apply(changes: Vec<SettingChange>, client: &mut ParamSet, server: &mut Pa
                     client.set(k, v);
                 }
             }
+            SettingChange::DiscardAll => {
+                // The server is back at its defaults; the client at its startup values, which
+                // the next checkout sets again.
+                server.retain_reported();
+                *client = startup.clone();
+                effects.forget_all = true;
+            }
+            SettingChange::DeallocateAll => effects.forget_all = true,
+            SettingChange::Deallocate { name } => effects.forget.push(name),
         }
     }
+    effects
 }
 
 #[cfg(test)]
@@ -329,12 +400,12 @@ mod tests {
         let mut startup = ParamSet::default();
         startup.set("TimeZone", "Asia/Tokyo");
         let changes = parse_query("RESET timezone; RESET work_mem").unwrap();
-        let (sql, out) = rewrite_resets(&changes, &startup).unwrap();
+        let (sql, out) = rewrite_resets(&changes, &startup, false).unwrap();
         assert_eq!(sql, "SET timezone TO E'Asia/Tokyo';RESET work_mem;");
         assert_eq!(out.len(), 2);
         assert_eq!(parse_query(&sql).unwrap(), out);
-        assert!(rewrite_resets(&parse_query("RESET work_mem").unwrap(), &startup).is_none());
-        let (sql, _) = rewrite_resets(&[SettingChange::ResetAll], &startup).unwrap();
+        assert!(rewrite_resets(&parse_query("RESET work_mem").unwrap(), &startup, false).is_none());
+        let (sql, _) = rewrite_resets(&[SettingChange::ResetAll], &startup, false).unwrap();
         assert_eq!(sql, "RESET ALL;SET TimeZone TO E'Asia/Tokyo';");
     }
 
@@ -373,6 +444,10 @@ mod tests {
             parse_query("SET a.b = 1; SET c = 'two'"),
             Some(vec![set("a.b", "1"), set("c", "'two'")])
         );
+        assert_eq!(parse_query("DISCARD ALL"), Some(vec![SettingChange::DiscardAll]));
+        assert_eq!(parse_query("deallocate prepare all"), Some(vec![SettingChange::DeallocateAll]));
+        assert_eq!(parse_query("DEALLOCATE s1"), Some(vec![SettingChange::Deallocate { name: "s1".into() }]));
+        assert_eq!(parse_query("DISCARD TEMP"), None);
     }
 
     #[test]
