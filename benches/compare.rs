@@ -551,17 +551,19 @@ fn run(secs: u64) -> Result<()> {
     );
     println!(
         "Setup: everything on this one machine; pgbench -j 2, {secs} s per run (at least 6 s with 500 clients), scale {SCALE}, simple \
-         protocol; Postgres max_connections {MAX_CONNECTIONS}; PgBouncer and sluice in transaction mode, \
+         protocol unless -M says otherwise; Postgres max_connections {MAX_CONNECTIONS}; PgBouncer and sluice in transaction mode, \
          pool size {POOL}, max_client_conn {MAX_CLIENT_CONN}, trust authentication.\n"
     );
     println!("| scenario | target | tps | avg ms | p99 ms | errors | pooler CPU ms / 1000 tx | sluice / PgBouncer tps |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let scenarios: [(&str, &[&str], usize); 5] = [
+    let scenarios: [(&str, &[&str], usize); 6] = [
         ("select-only -c 16", &["-S", "-c", "16"], 16),
         ("TPC-B -c 16", &["-c", "16"], 16),
         ("select-only -c 500", &["-S", "-c", "500"], 500),
         ("TPC-B -c 500", &["-c", "500"], 500),
         ("select-only -C -c 16 (connect per tx)", &["-S", "-C", "-c", "16"], 16),
+        // Named prepared statements in transaction mode (PgBouncer before 1.21 cannot).
+        ("select-only -M prepared -c 16", &["-S", "-M", "prepared", "-c", "16"], 16),
     ];
     for (name, a, clients) in scenarios {
         check_interrupted()?;
