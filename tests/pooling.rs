@@ -417,3 +417,31 @@ async fn set_and_reset_follow_the_client_in_transaction_mode_and_stay_its_own() 
     assert_eq!(setting(&fresh, "myapp.tenant").await, "");
     assert_eq!(setting(&fresh, "search_path").await, "\"$user\", public");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_bound_features_pin_the_client_and_are_discarded_after_it() {
+    let db = unique_db("pinning");
+    let proxy = start_proxy(&db, "[pool]\nsize = 2").await;
+    let c = proxy.connect().await;
+    c.batch_execute("CREATE TEMP TABLE scratch (x int); INSERT INTO scratch VALUES (1)").await.unwrap();
+    c.batch_execute("select pg_advisory_lock(42)").await.unwrap();
+    let others: Vec<_> = futures_util::future::join_all((0..4).map(|_| proxy.connect())).await;
+    for _ in 0..5 {
+        for o in &others {
+            o.simple_query("select 1").await.unwrap();
+        }
+        // The temporary table is still there: the client kept its server connection.
+        let n: i64 = c.query_typed("select count(*) from scratch", &[]).await.unwrap()[0].get(0);
+        assert_eq!(n, 1);
+    }
+    drop(c);
+    // After the pinned client leaves, its connection is discarded clean: no lock, no table.
+    assert!(eventually(Duration::from_secs(5), || on_primary(&format!(
+        "select count(*) from pg_locks l join pg_database d on d.oid = l.database where l.locktype = 'advisory' and d.datname = '{db}'"
+    )) == "0").await, "advisory lock still held");
+    for o in &others {
+        let e = o.query_typed("select count(*) from scratch", &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "42P01");
+        assert!(o.query_typed("select pg_try_advisory_xact_lock(42)", &[]).await.unwrap()[0].get::<_, bool>(0));
+    }
+}

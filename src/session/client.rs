@@ -33,6 +33,8 @@ pub struct ClientConn {
     pub(crate) settings: SettingTracker,
     /// The parameters the client logged in with (what RESET returns to).
     pub(crate) startup: ParamSet,
+    /// The client used a feature bound to its server connection and keeps that connection.
+    pub(crate) pinned: bool,
     /// The client sent Terminate.
     pub(crate) terminated: bool,
     /// The parameters this client's session runs with.
@@ -55,6 +57,7 @@ impl ClientConn {
             settings: SettingTracker::default(),
             startup: params.clone(),
             scanner: Scanner::new(max_message_size),
+            pinned: false,
             terminated: false,
             params,
         }

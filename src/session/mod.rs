@@ -11,6 +11,7 @@
 pub mod client;
 pub mod login;
 pub mod params;
+pub mod pinning;
 pub mod prepared;
 pub mod relay;
 pub mod setting;
@@ -193,6 +194,10 @@ impl Running {
             let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
             let end = relay::relay(&mut self.client, server, opts, registry, &mut timer).await;
             self.cancel.slot.clear().await;
+            if self.client.pinned {
+                // Temporary tables, LISTEN, advisory locks...: gone before anyone else uses it.
+                server.needs_discard = true;
+            }
             match end {
                 RelayEnd::Released => {
                     held = None;

@@ -7,6 +7,7 @@
 use super::client::ClientConn;
 use super::params::ParamSet;
 use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
+use super::pinning;
 use super::setting::{self, SettingChange, SettingTracker};
 use super::state::{ClientAction, TransactionTracker};
 use crate::protocol::backend;
@@ -59,6 +60,8 @@ struct ClientSide<'a> {
     copied: usize,
     terminated: bool,
     error: Option<ProtocolError>,
+    /// A connection-bound feature the client just used.
+    pin: Option<&'static str>,
 }
 
 impl Inspect for ClientSide<'_> {
@@ -83,6 +86,17 @@ impl Inspect for ClientSide<'_> {
         if action == ClientAction::Terminate {
             self.terminated = true;
             return Flow::StopBefore;
+        }
+        if self.settings.is_some() && self.pin.is_none() {
+            let text = match tag {
+                b'Q' => body,
+                // Parse: the statement name, then the query text.
+                b'P' => body.iter().position(|&b| b == 0).map_or(&[][..], |i| &body[i + 1..]),
+                _ => &[],
+            };
+            if !text.is_empty() {
+                self.pin = pinning::pinning_feature(text);
+            }
         }
         let mut replaced_query = false;
         if tag == b'Q' && !body.is_empty() {
@@ -349,6 +363,7 @@ impl Relay<'_> {
                 && c.buf.len() < 5
                 && server_idle
                 && self.opts.release_at_idle
+                && !c.pinned
                 && c.scanner.at_boundary()
             {
                 return Poll::Ready(RelayEnd::Released);
@@ -372,6 +387,7 @@ impl Relay<'_> {
                     copied: 0,
                     terminated: false,
                     error: None,
+                    pin: None,
                 };
                 let scanned = match c.scanner.scan(&c.buf, &mut insp) {
                     Ok(x) => x,
@@ -381,6 +397,10 @@ impl Relay<'_> {
                     return Poll::Ready(RelayEnd::ClientProtocol(e));
                 }
                 c.terminated = insp.terminated;
+                if let Some(feature) = insp.pin.filter(|_| !c.pinned) {
+                    tracing::debug!(feature, "client pinned to its server connection");
+                    c.pinned = true;
+                }
                 c.fwd = scanned.consumed - insp.copied;
                 c.skip = insp.copied;
                 if scanned.consumed > 0 || scanned.stopped {
@@ -400,7 +420,8 @@ impl Relay<'_> {
 
             // Server to client, unless the server is parked at an idle boundary or sluice's own
             // responses are still going out.
-            if to_client_done && !(server_idle && self.opts.release_at_idle) && !s.responses.synthetic_due() {
+            let parked = server_idle && self.opts.release_at_idle && !c.pinned;
+            if to_client_done && !parked && !s.responses.synthetic_due() {
                 let mut insp = ServerSide {
                     tracker: &mut s.tracker,
                     server_params: &mut s.params,

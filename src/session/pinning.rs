@@ -1,0 +1,66 @@
+//! Features whose state lives in one server connection and cannot follow a client to another:
+//! LISTEN, session-level advisory locks, cursors WITH HOLD, temporary tables and SQL PREPARE. In
+//! transaction mode a client that uses one is pinned to its server connection for the rest of
+//! its session (which then ends with DISCARD ALL), so it is never silently wrong. Pure and cheap:
+//! a case-insensitive scan of the statement text, no allocation.
+
+/// What pins a client, by the text that reveals it.
+const PINNING: &[(&[u8], &str)] = &[
+    (b"listen", "LISTEN"),
+    (b"pg_advisory_lock", "session advisory locks"),
+    (b"pg_try_advisory_lock", "session advisory locks"),
+    (b"with hold", "cursors WITH HOLD"),
+    (b"temp ", "temporary tables"),
+    (b"temporary ", "temporary tables"),
+    (b"prepare ", "PREPARE"),
+];
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len()
+        && hay.windows(needle.len()).any(|w| w.iter().zip(needle).all(|(a, b)| a.to_ascii_lowercase() == *b))
+}
+
+/// The feature a statement uses that ties the session to its server connection, if any. It errs
+/// on the side of pinning (a word inside a string literal counts).
+pub fn pinning_feature(sql: &[u8]) -> Option<&'static str> {
+    PINNING.iter().find(|(pat, _)| contains_ci(sql, pat)).and_then(|(pat, feature)| {
+        // "temp " and "prepare " only count as the statements that create such state.
+        let creates = match *pat {
+            b"temp " | b"temporary " => contains_ci(sql, b"create"),
+            b"prepare " => sql.iter().position(|b| !b.is_ascii_whitespace()).is_some_and(|i| contains_ci(&sql[i..(i + 8).min(sql.len())], b"prepare ")),
+            b"listen" => contains_ci(sql, b"listen ") || sql.trim_ascii().eq_ignore_ascii_case(b"listen"),
+            _ => true,
+        };
+        creates.then_some(*feature)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_bound_features_are_recognized() {
+        assert_eq!(pinning_feature(b"LISTEN jobs"), Some("LISTEN"));
+        assert_eq!(pinning_feature(b"select pg_advisory_lock(1)"), Some("session advisory locks"));
+        assert_eq!(pinning_feature(b"SELECT PG_TRY_ADVISORY_LOCK(1)"), Some("session advisory locks"));
+        assert_eq!(pinning_feature(b"declare c cursor WITH HOLD for select 1"), Some("cursors WITH HOLD"));
+        assert_eq!(pinning_feature(b"CREATE TEMP TABLE t (x int)"), Some("temporary tables"));
+        assert_eq!(pinning_feature(b"create temporary table t as select 1"), Some("temporary tables"));
+        assert_eq!(pinning_feature(b"  PREPARE q AS select 1"), Some("PREPARE"));
+    }
+
+    #[test]
+    fn ordinary_statements_do_not_pin() {
+        for q in [
+            &b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"[..],
+            b"select pg_advisory_xact_lock(1)",
+            b"UPDATE t SET temperature = 1",
+            b"insert into listeners values (1)",
+            b"select 'prepare me'",
+            b"",
+        ] {
+            assert_eq!(pinning_feature(q), None, "{}", String::from_utf8_lossy(q));
+        }
+    }
+}
