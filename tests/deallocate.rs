@@ -6,11 +6,6 @@ mod common;
 
 use common::*;
 
-async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
-    c.query_typed(&format!("select current_setting('{name}', true)"), &[]).await.unwrap()[0]
-        .get::<_, Option<String>>(0)
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deallocate_and_discard_all_behave_as_on_postgres_without_breaking_other_clients() {

@@ -351,11 +351,6 @@ async fn an_error_in_a_pipeline_of_prepared_statements_skips_to_sync_as_postgres
     assert_eq!(other.query_one(&again, &[&5i32]).await.unwrap().get::<_, i32>(0), 5);
 }
 
-async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
-    c.query_typed(&format!("select current_setting('{name}', true)"), &[]).await.unwrap()[0]
-        .get::<_, Option<String>>(0)
-        .unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_and_reset_follow_the_client_in_transaction_mode_and_stay_its_own() {

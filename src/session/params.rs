@@ -209,7 +209,7 @@ impl ParamSet {
 }
 
 /// Appends `value` as an E'' string literal, correct whatever standard_conforming_strings is.
-fn push_literal(sql: &mut String, value: &str) {
+pub(crate) fn push_literal(sql: &mut String, value: &str) {
     sql.push_str("E'");
     for c in value.chars() {
         match c {

@@ -254,19 +254,6 @@ impl SettingTracker {
     }
 }
 
-fn push_literal(sql: &mut String, value: &str) {
-    sql.push_str("E'");
-    for c in value.chars() {
-        match c {
-            '\'' => sql.push_str("''"),
-            '\\' => sql.push_str("\\\\"),
-            '\0' => {}
-            c => sql.push(c),
-        }
-    }
-    sql.push('\'');
-}
-
 /// A RESET returns a setting to the value the session started with, which for a client of
 /// sluice includes its startup parameters, unknown to the server connection it runs on. When
 /// `changes` reset something the client set at startup, returns the query to send instead (the
@@ -293,7 +280,7 @@ pub fn rewrite_resets(
         sql.push_str(name);
         sql.push_str(" TO ");
         let start = sql.len();
-        push_literal(sql, value);
+        super::params::push_literal(sql, value);
         out.push(SettingChange::Set { name: name.to_ascii_lowercase(), value: sql[start..].to_owned() });
         sql.push(';');
     };

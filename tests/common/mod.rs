@@ -257,3 +257,10 @@ pub fn run(cmd: &mut std::process::Command) -> String {
     assert!(out.status.success(), "{cmd:?} failed ({}):\n{text}", out.status);
     text
 }
+
+/// The value of a setting as the client's session sees it ('' when unset).
+pub async fn setting(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_typed(&format!("select current_setting('{name}', true)"), &[]).await.unwrap()[0]
+        .get::<_, Option<String>>(0)
+        .unwrap_or_default()
+}
