@@ -21,6 +21,14 @@ pub(super) async fn reset(conn: &mut ServerConnection) -> bool {
 }
 
 async fn steps(conn: &mut ServerConnection) -> Result<(), super::ServerError> {
+    // A query of the client's may still be running: stop it, and wait until the server has the
+    // cancel, so that it cannot land on whatever runs here next.
+    if conn.tracker.pending() > 0 {
+        let (addr, key) = (conn.addr(), conn.key());
+        tokio::spawn(async move {
+            let _ = send_cancel(addr, key).await;
+        });
+    }
     let mut out = BytesMut::new();
     if conn.tracker.in_copy_in() {
         let reason = b"client disconnected\0";
@@ -46,15 +54,8 @@ async fn steps(conn: &mut ServerConnection) -> Result<(), super::ServerError> {
     if !out.is_empty() {
         conn.write(&out).await?;
     }
-    if conn.tracker.pending() > 0 {
-        // A query may still be running for a client that is gone: ask the server to stop it.
-        let (addr, key) = (conn.addr(), conn.key());
-        tokio::spawn(async move {
-            let _ = send_cancel(addr, key).await;
-        });
-        while conn.tracker.pending() > 0 {
-            conn.drain_to_ready().await?;
-        }
+    while conn.tracker.pending() > 0 {
+        conn.drain_to_ready().await?;
     }
     if !conn.tracker.is_idle() {
         conn.run_internal("ROLLBACK").await?;
