@@ -253,7 +253,7 @@ async def wait_active(mon, text, limit=60):
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         n = await mon.fetchval(
-            "select count(*) from pg_stat_activity where state = 'active' and query = $1 and pid <> pg_backend_pid()", text
+            "select count(*) from pg_stat_activity where state = 'active' and query = $1 and datname = current_database() and pid <> pg_backend_pid()", text
         )
         if n == 1:
             return
@@ -329,7 +329,7 @@ async def task_cancel(mon):
         ended = time.monotonic()
         log(f"task cancel: next query done {ended - sent:.3f}s after the cancel")
         check(ended - sent < 5, f"cancelled query ended {ended - sent:.1f}s after the cancel")
-        n = await mon.fetchval("select count(*) from pg_stat_activity where query = $1 and state = 'active'", TASK_MARKER)
+        n = await mon.fetchval("select count(*) from pg_stat_activity where query = $1 and state = 'active' and datname = current_database()", TASK_MARKER)
         check(n == 0, "pg_sleep still running after the cancel")
     finally:
         await c.close()

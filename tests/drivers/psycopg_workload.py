@@ -265,7 +265,7 @@ async def wait_active(mon, text):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         cur = await mon.execute(
-            "select count(*) from pg_stat_activity where state = 'active' and query = %s and pid <> pg_backend_pid()",
+            "select count(*) from pg_stat_activity where state = 'active' and query = %s and datname = current_database() and pid <> pg_backend_pid()",
             (text,),
         )
         if (await cur.fetchone())[0] == 1:
