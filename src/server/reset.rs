@@ -22,12 +22,9 @@ pub(super) async fn reset(conn: &mut ServerConnection) -> bool {
 
 async fn steps(conn: &mut ServerConnection) -> Result<(), super::ServerError> {
     // A query of the client's may still be running: stop it, and wait until the server has the
-    // cancel, so that it cannot land on whatever runs here next.
-    if conn.tracker.pending() > 0 {
-        let (addr, key) = (conn.addr(), conn.key());
-        tokio::spawn(async move {
-            let _ = send_cancel(addr, key).await;
-        });
+    // cancel, so that it cannot land on whatever runs here next. A COPY is ended by CopyFail.
+    if conn.tracker.pending() > 0 && !conn.tracker.in_copy_in() {
+        let _ = send_cancel(conn.addr(), conn.key()).await;
     }
     let mut out = BytesMut::new();
     if conn.tracker.in_copy_in() {
