@@ -66,7 +66,14 @@ impl TransactionTracker {
             }
         }
         match tag {
-            b'Q' | b'F' => {
+            b'Q' => {
+                // A simple query ends any unsynced extended-protocol work, as a Sync would.
+                self.pending += 1;
+                self.asked += 1;
+                self.syncs_since_start = 0;
+                self.unsynced = false;
+            }
+            b'F' => {
                 self.pending += 1;
                 self.asked += 1;
                 self.syncs_since_start = 0;
@@ -261,6 +268,15 @@ mod tests {
         assert_eq!(t.client_message(b'c'), ClientAction::Forward);
         assert_eq!(t.client_message(b'S'), ClientAction::Forward);
         t.server_message(b'C', &[]);
+        assert!(t.server_message(b'Z', b"I"));
+    }
+
+    #[test]
+    fn a_simple_query_ends_unsynced_extended_work() {
+        let mut t = TransactionTracker::default();
+        feed_client(&mut t, b"PDH");
+        assert!(t.unsynced());
+        feed_client(&mut t, b"Q");
         assert!(t.server_message(b'Z', b"I"));
     }
 
