@@ -267,17 +267,6 @@ impl<C: Connect> Pool<C> {
         self.inner.lock_idle().clear();
     }
 
-    /// Drops every idle connection (used when the server is known to be gone).
-    pub fn drain_idle(&self) {
-        let n = {
-            let mut idle = self.inner.lock_idle();
-            let n = idle.len();
-            idle.clear();
-            n
-        };
-        self.inner.stats.closed.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
     /// Connections being reset in the background.
     pub fn resetting(&self) -> usize {
         self.inner.resetting.load(Ordering::Relaxed)
