@@ -138,9 +138,6 @@ async fn psycopg_prepared_pipelines_transactions_copy_errors_and_cancels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known sluice bug, open in the protocol-fidelity issue: asyncpg's copy_records_to_table \
-            sends CopyData and CopyDone before the CopyInResponse arrives, and the server \
-            connection is then never released"]
 async fn asyncpg_prepared_executemany_transactions_copy_errors_and_cancels() {
     through_sluice("asyncpg_workload.py", "drivers_asyncpg").await;
 }

@@ -196,6 +196,9 @@ pub enum ServerAction {
 #[derive(Debug, Default)]
 pub struct ResponseQueue {
     q: VecDeque<Expect>,
+    /// An error ended the extended-protocol work before its Sync reached the queue: the server
+    /// skips every message up to that Sync, and nothing is owed for them.
+    skipping: bool,
 }
 
 impl ResponseQueue {
@@ -207,6 +210,12 @@ impl ResponseQueue {
     /// Forgets everything (the connection is being reset).
     pub fn clear(&mut self) {
         self.q.clear();
+        self.skipping = false;
+    }
+
+    /// The server is skipping messages until the client's next Sync.
+    pub fn skipping_until_sync(&self) -> bool {
+        self.skipping
     }
 
     fn push(&mut self, e: Expect) {
@@ -235,18 +244,28 @@ impl ResponseQueue {
         }
     }
 
+    /// COPY FROM STDIN began and the server ignored `ignored` Syncs sent after the command that
+    /// started it: they get no ReadyForQuery, so nothing is owed for them.
+    pub fn copy_started(&mut self, ignored: u32) {
+        let mut left = ignored;
+        let mut i = 1;
+        while left > 0 && i < self.q.len() {
+            if matches!(self.q[i], Expect::Pass { sync: true, .. }) {
+                self.q.remove(i);
+                left -= 1;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     /// Accounts for one server message and says what to do with it.
     pub fn on_server_message(&mut self, tag: u8, server: &mut ServerStatements) -> ServerAction {
         if tag == b'E' {
             return self.on_error(server);
         }
         if matches!(tag, b'G' | b'W') {
-            // COPY FROM STDIN began: the Syncs sent after its Execute are ignored by the server.
-            let keep = self.q.front().cloned();
-            self.q.retain(|e| !matches!(e, Expect::Pass { sync: true, .. }));
-            if let Some(head @ Expect::Pass { sync: true, .. }) = keep {
-                self.q.push_front(head);
-            }
+            // The Syncs the server ignores are accounted for by `copy_started`.
             return ServerAction::Forward;
         }
         let Some(head) = self.q.front() else { return ServerAction::Forward };
@@ -286,9 +305,13 @@ impl ResponseQueue {
             _ => {}
         }
         self.q.pop_front();
+        self.skipping = true;
         while let Some(e) = self.q.front() {
             match e {
-                Expect::Pass { sync: true, .. } => break,
+                Expect::Pass { sync: true, .. } => {
+                    self.skipping = false;
+                    break;
+                }
                 Expect::Parse { name, .. } => {
                     // Skipped by the server: it was never prepared.
                     server.remove(name);
@@ -348,6 +371,11 @@ impl Statements<'_> {
     /// # Errors
     /// A Parse, Bind, Describe or Close body that is malformed.
     pub fn client_message(&mut self, tag: u8, body: &[u8], out: &mut BytesMut) -> Result<Rewrite, ProtocolError> {
+        if self.queue.skipping && tag != b'S' {
+            // The server skips it after the error, as it would without sluice: nothing is owed,
+            // nothing is prepared and the client's names stay as they were.
+            return Ok(Rewrite::AsIs);
+        }
         match tag {
             b'P' => self.parse(body, out),
             b'B' => self.bind(body, out),
@@ -357,6 +385,7 @@ impl Statements<'_> {
                 Ok(Rewrite::AsIs)
             }
             b'S' => {
+                self.queue.skipping = false;
                 self.queue.push(Expect::Pass { until: READY, sync: true });
                 Ok(Rewrite::AsIs)
             }

@@ -216,8 +216,11 @@ impl Inspect for ServerSide<'_> {
             }
             return Flow::Continue;
         }
-        self.responses.on_server_message(tag, self.statements);
         let idle = self.tracker.server_message(tag, body);
+        self.responses.on_server_message(tag, self.statements);
+        if matches!(tag, b'G' | b'W') {
+            self.responses.copy_started(self.tracker.ignored_at_copy_start());
+        }
         if self.responses.synthetic_due() || (idle && self.release) {
             Flow::StopAfter
         } else {

@@ -3,6 +3,7 @@
 //! when the connection is back at a transaction boundary and may be returned to the pool.
 
 use crate::protocol::backend::TransactionStatus;
+use std::collections::VecDeque;
 
 /// What the relay should do with a client message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,6 +15,18 @@ pub enum ClientAction {
     /// Send it, but the server ignores it (Sync or Flush during COPY FROM STDIN): no response.
     ForwardIgnored,
 }
+
+/// A CopyDone or CopyFail the client sent before the server started the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EarlyCopyEnd {
+    /// The ReadyForQuery (by sequence number) that ends the command the copy belongs to.
+    segment: u64,
+    /// Syncs sent between that command and the copy's end.
+    syncs_before: u32,
+}
+
+/// Early copy ends remembered at most; a client sending more without a server copy is broken.
+const MAX_EARLY_COPY_ENDS: usize = 16;
 
 /// Tracks in-flight requests and the transaction status of a server connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +50,12 @@ pub struct TransactionTracker {
     syncs_since_start: u32,
     /// The server is in COPY FROM STDIN and the client has not sent CopyDone or CopyFail yet.
     client_copying: bool,
+    /// Copies the client ended (CopyDone or CopyFail) before the server said it began one, each
+    /// with the Syncs sent between its Execute and its end: some drivers send a whole COPY
+    /// FROM STDIN without waiting for CopyInResponse.
+    early_copy_ends: VecDeque<EarlyCopyEnd>,
+    /// Syncs the server ignored when the latest COPY FROM STDIN began.
+    ignored_at_copy_start: u32,
 }
 
 impl Default for TransactionTracker {
@@ -51,6 +70,8 @@ impl Default for TransactionTracker {
             answered: 0,
             syncs_since_start: 0,
             client_copying: false,
+            early_copy_ends: VecDeque::new(),
+            ignored_at_copy_start: 0,
         }
     }
 }
@@ -64,6 +85,14 @@ impl TransactionTracker {
                 b'c' | b'f' => self.client_copying = false,
                 _ => {}
             }
+        } else if matches!(tag, b'c' | b'f') && self.pending_copy_end_possible() {
+            // The copy's end ahead of its start: remember which Syncs the server will ignore.
+            if self.early_copy_ends.len() == MAX_EARLY_COPY_ENDS {
+                self.early_copy_ends.pop_front();
+            }
+            let segment = if self.unsynced { self.asked + 1 } else { self.asked };
+            self.early_copy_ends.push_back(EarlyCopyEnd { segment, syncs_before: self.syncs_since_start });
+            self.syncs_since_start = 0;
         }
         match tag {
             b'Q' => {
@@ -107,17 +136,38 @@ impl TransactionTracker {
                 }
                 self.copy_in = false;
                 self.copy_out = false;
+                if self.pending == 0 {
+                    // Every command is answered: an early copy end left over belonged to a
+                    // COPY that failed before it began.
+                    self.early_copy_ends.clear();
+                }
                 return self.is_idle();
             }
             b'G' | b'W' => {
                 self.copy_in = true;
-                // Syncs sent after the Execute that started the copy are ignored by the server.
-                let ignored = self.syncs_since_start;
+                // Syncs sent after the Execute that started the copy, and before the client
+                // ended it, are ignored by the server.
+                // The copy belongs to the ReadyForQuery segment the server is in now; early ends
+                // of earlier segments were for copies that failed before they began.
+                let segment = self.answered + 1;
+                while self.early_copy_ends.front().is_some_and(|e| e.segment < segment) {
+                    self.early_copy_ends.pop_front();
+                }
+                let early = self.early_copy_ends.front().filter(|e| e.segment == segment).copied();
+                let ignored = match early {
+                    Some(end) => {
+                        self.early_copy_ends.pop_front();
+                        end.syncs_before
+                    }
+                    None => {
+                        self.client_copying = true;
+                        std::mem::take(&mut self.syncs_since_start)
+                    }
+                };
                 self.pending = self.pending.saturating_sub(ignored);
                 self.asked -= u64::from(ignored).min(self.asked);
-                self.unsynced |= ignored > 0;
-                self.syncs_since_start = 0;
-                self.client_copying = true;
+                self.unsynced |= ignored > 0 && self.client_copying;
+                self.ignored_at_copy_start = ignored;
             }
             b'H' => self.copy_out = true,
             b'c' => self.copy_out = false,
@@ -125,6 +175,18 @@ impl TransactionTracker {
             _ => {}
         }
         false
+    }
+
+    /// Whether a CopyDone/CopyFail from the client, now, can end a COPY the server has not
+    /// started yet: a command is in flight.
+    fn pending_copy_end_possible(&self) -> bool {
+        self.pending > 0 || self.unsynced
+    }
+
+    /// Syncs the server ignored when the latest COPY FROM STDIN began (and that therefore get no
+    /// ReadyForQuery).
+    pub fn ignored_at_copy_start(&self) -> u32 {
+        self.ignored_at_copy_start
     }
 
     /// Nothing in flight and no transaction open: the connection may serve another client.
@@ -267,6 +329,57 @@ mod tests {
         assert_eq!(t.client_message(b'S'), ClientAction::ForwardIgnored);
         assert_eq!(t.client_message(b'c'), ClientAction::Forward);
         assert_eq!(t.client_message(b'S'), ClientAction::Forward);
+        t.server_message(b'C', &[]);
+        assert!(t.server_message(b'Z', b"I"));
+    }
+
+    #[test]
+    fn a_copy_sent_whole_before_copy_in_response_releases_at_its_ready_for_query() {
+        let mut t = TransactionTracker::default();
+        feed_client(&mut t, b"BEddcS");
+        assert_eq!(t.pending(), 1);
+        t.server_message(b'2', &[]);
+        t.server_message(b'G', &[]);
+        assert!(!t.client_copying(), "the client already ended the copy");
+        assert_eq!(t.pending(), 1, "the Sync after CopyDone is answered");
+        t.server_message(b'C', &[]);
+        assert!(t.server_message(b'Z', b"I"));
+    }
+
+    #[test]
+    fn an_early_copy_end_counts_only_the_syncs_before_it_as_ignored() {
+        let mut t = TransactionTracker::default();
+        feed_client(&mut t, b"BESdcS");
+        assert_eq!(t.pending(), 2);
+        t.server_message(b'2', &[]);
+        t.server_message(b'G', &[]);
+        assert_eq!(t.pending(), 1);
+        assert_eq!(t.ignored_at_copy_start(), 1);
+        t.server_message(b'C', &[]);
+        assert!(t.server_message(b'Z', b"I"));
+    }
+
+    #[test]
+    fn an_early_copy_end_for_a_copy_that_failed_is_forgotten() {
+        let mut t = TransactionTracker::default();
+        feed_client(&mut t, b"QdcQ");
+        t.server_message(b'E', &[]);
+        assert!(!t.server_message(b'Z', b"I"));
+        t.server_message(b'G', &[]);
+        assert!(t.client_copying(), "the second COPY is a normal one");
+        t.client_message(b'c');
+        t.server_message(b'C', &[]);
+        assert!(t.server_message(b'Z', b"I"));
+    }
+
+    #[test]
+    fn an_early_copy_end_survives_an_error_in_an_earlier_query() {
+        let mut t = TransactionTracker::default();
+        feed_client(&mut t, b"QQdc");
+        t.server_message(b'E', &[]);
+        assert!(!t.server_message(b'Z', b"I"));
+        t.server_message(b'G', &[]);
+        assert!(!t.client_copying());
         t.server_message(b'C', &[]);
         assert!(t.server_message(b'Z', b"I"));
     }

@@ -194,3 +194,37 @@ fn malformed_bodies_are_errors_not_panics() {
         assert!(st.client_message(tag, body, &mut out).is_err());
     }
 }
+
+#[test]
+fn messages_sent_after_an_error_but_before_their_sync_are_owed_nothing() {
+    let mut f = Fixture::new(10);
+    // A pipeline: the error comes back before the client has sent the rest of it.
+    f.send(b'P', &parse_body("a", "select 1/0"));
+    f.send(b'B', &bind_body("a"));
+    f.send(b'E', &[]);
+    f.reply(b'1');
+    assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    assert!(f.queue.skipping_until_sync());
+    let (r, out) = f.send(b'P', &parse_body("b", "select 2"));
+    assert_eq!(r, Rewrite::AsIs, "the server skips it; nothing to prepare");
+    assert!(out.is_empty());
+    f.send(b'B', &bind_body("b"));
+    f.send(b'E', &[]);
+    f.send(b'S', &[]);
+    assert!(!f.queue.skipping_until_sync());
+    f.reply(b'Z');
+    assert!(f.queue.is_empty(), "only the Sync was owed");
+    assert_eq!(f.server.len(), 1, "a was prepared; b never reached the server");
+}
+
+#[test]
+fn a_copy_start_forgets_only_the_syncs_the_server_ignored() {
+    let mut f = Fixture::new(10);
+    f.send(b'E', &[]);
+    f.send(b'S', &[]); // sent before CopyInResponse: ignored
+    f.queue.copy_started(1);
+    f.send(b'S', &[]); // after CopyDone: answered
+    f.reply(b'C');
+    f.reply(b'Z');
+    assert!(f.queue.is_empty());
+}
