@@ -6,6 +6,7 @@
 //! - [`pool`]: a generic pool of connections that knows nothing about Postgres;
 //! - [`server`]: a connection from sluice to a Postgres server;
 //! - [`session`]: one client's session: a short relay loop plus a pure transaction state machine;
+//! - [`router`]: read/write routing: where a transaction runs, replica lag and the choice of a replica;
 //! - [`config`]: the TOML configuration and its validation;
 //! - [`app`]: the listener, the pools registry and shutdown;
 //! - [`cluster`]: local Postgres clusters for `sluice demo`, the tests and the benchmarks.
@@ -18,5 +19,6 @@ pub mod config;
 pub mod demo;
 pub mod pool;
 pub mod protocol;
+pub mod router;
 pub mod server;
 pub mod session;
