@@ -3,9 +3,11 @@
 
 mod cancel;
 mod pools;
+mod replicas;
 
 pub use cancel::{CancelRegistration, CancelRegistry, CancelSlot};
 pub use pools::{settings_for, PoolKey, PoolRegistry};
+pub use replicas::{DatabaseReplicas, ReplicaRegistry, RoutingTable};
 
 use crate::auth::{AuthError, UserStore};
 use crate::config::{Config, ConfigError};
@@ -47,6 +49,8 @@ pub struct Shared {
     pub users: ArcSwap<UserStore>,
     /// The server pools.
     pub pools: PoolRegistry,
+    /// Read/write routing: replicas, their monitors, the classifier.
+    pub routing: ReplicaRegistry,
     /// Cancel keys.
     pub cancels: Arc<CancelRegistry>,
     /// Pooler-wide names of prepared statements.
@@ -86,10 +90,12 @@ impl Sluice {
             listeners.push(l);
         }
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let routing = ReplicaRegistry::new(&config, &users);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             users: ArcSwap::new(users),
             pools: PoolRegistry::default(),
+            routing,
             cancels: Arc::new(CancelRegistry::default()),
             statements: Arc::default(),
             shutdown: CancellationToken::new(),
@@ -127,8 +133,9 @@ impl Sluice {
         config.validate()?;
         let users = UserStore::from_config(&config)?;
         self.shared.pools.reconfigure(&config);
-        self.shared.users.store(users);
         self.shared.config.store(Arc::new(config));
+        self.shared.routing.reconfigure(&self.shared.config.load(), &users);
+        self.shared.users.store(users);
         tracing::info!("configuration reloaded");
         Ok(())
     }
@@ -143,6 +150,7 @@ impl Sluice {
             tracing::warn!(remaining = self.sessions.len(), "shutdown timeout: closing sessions still running");
         }
         self.shared.pools.close_all();
+        self.shared.routing.stop();
     }
 
     /// Resolves when every session has ended after [`Sluice::shutdown`].

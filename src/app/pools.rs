@@ -49,7 +49,21 @@ impl PoolRegistry {
         user: &str,
         password: Option<String>,
     ) -> Pool<PgConnector> {
-        let key = PoolKey { database: database.to_owned(), user: user.to_owned(), server: db.primary.clone() };
+        self.get_or_create_on(config, database, db, &db.primary, user, password)
+    }
+
+    /// The pool for a database and server login on one of its servers (the primary or a
+    /// replica), created on first use.
+    pub fn get_or_create_on(
+        &self,
+        config: &Config,
+        database: &str,
+        db: &DatabaseSection,
+        server: &str,
+        user: &str,
+        password: Option<String>,
+    ) -> Pool<PgConnector> {
+        let key = PoolKey { database: database.to_owned(), user: user.to_owned(), server: server.to_owned() };
         if let Some(p) = self.pools.get(&key) {
             return p.clone();
         }
@@ -57,7 +71,7 @@ impl PoolRegistry {
             .entry(key)
             .or_insert_with(|| {
                 let target = ServerTarget {
-                    addr: db.primary.clone(),
+                    addr: server.to_owned(),
                     user: user.to_owned(),
                     database: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
                     password,
@@ -78,7 +92,7 @@ impl PoolRegistry {
     /// the new settings.
     pub fn reconfigure(&self, config: &Config) {
         self.pools.retain(|key, pool| match config.databases.get(&key.database) {
-            Some(db) if db.primary == key.server => {
+            Some(db) if db.primary == key.server || db.replicas.contains(&key.server) => {
                 pool.reconfigure(settings_for(config, db));
                 true
             }

@@ -286,6 +286,38 @@ pub struct RoutingSection {
     pub lag_check_interval: ConfigDuration,
     /// User functions safe on replicas.
     pub read_only_functions: Vec<String>,
+    /// The role the replica monitor logs in as (default: the database's `user`, else the first
+    /// of `server.admin_users`).
+    pub monitor_user: Option<String>,
+    /// Its password (default: the database's `password`, else the user's from `[auth]`).
+    pub monitor_password: Option<String>,
+}
+
+/// `routing.read_your_writes`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadYourWrites {
+    /// Reads may see a replica's older state.
+    Off,
+    /// A client's reads see its own committed writes.
+    Session,
+    /// Reads see every write committed through sluice on the database before they began.
+    Global,
+}
+
+impl RoutingSection {
+    /// `read_your_writes` as validated.
+    pub fn read_your_writes(&self) -> ReadYourWrites {
+        match self.read_your_writes.as_str() {
+            "off" => ReadYourWrites::Off,
+            "global" => ReadYourWrites::Global,
+            _ => ReadYourWrites::Session,
+        }
+    }
+
+    /// `replica_fallback = "primary"`: reads go to the primary when no replica is healthy.
+    pub fn falls_back_to_primary(&self) -> bool {
+        self.replica_fallback != "error"
+    }
 }
 
 impl Default for RoutingSection {
@@ -299,6 +331,8 @@ impl Default for RoutingSection {
             replica_fallback: "primary".into(),
             lag_check_interval: ConfigDuration(Duration::from_millis(100)),
             read_only_functions: vec![],
+            monitor_user: None,
+            monitor_password: None,
         }
     }
 }

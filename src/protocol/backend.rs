@@ -202,6 +202,33 @@ pub fn parse_parameter_status(body: &[u8]) -> Option<(&str, &str)> {
     Some((k, v))
 }
 
+/// Whether an ErrorResponse body says FATAL or PANIC (the server ends the connection).
+pub fn is_fatal(body: &[u8]) -> bool {
+    let mut pos = 0;
+    while pos < body.len() && body[pos] != 0 {
+        let field = body[pos];
+        let Some(len) = body[pos + 1..].iter().position(|&b| b == 0) else { return false };
+        let value = &body[pos + 1..pos + 1 + len];
+        if matches!(field, b'V' | b'S') && (value == b"FATAL" || value == b"PANIC") {
+            return true;
+        }
+        pos += len + 2;
+    }
+    false
+}
+
+/// The first column of a DataRow body, as text; `None` for NULL, no column or a malformed body.
+pub fn first_column(body: &[u8]) -> Option<String> {
+    let columns = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    if columns == 0 {
+        return None;
+    }
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    let value = body.get(6..6 + len)?;
+    std::str::from_utf8(value).ok().map(str::to_owned)
+}
+
 /// Reads the fields of an ErrorResponse or NoticeResponse body: (severity, code, message).
 pub fn parse_error_fields(body: &[u8]) -> (String, String, String) {
     let (mut sev, mut code, mut msg) = (String::new(), String::new(), String::new());
@@ -224,6 +251,16 @@ pub fn parse_error_fields(body: &[u8]) -> (String, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_column_reads_text_null_and_short_bodies() {
+        let mut row = vec![0, 1, 0, 0, 0, 3];
+        row.extend_from_slice(b"0/1");
+        assert_eq!(first_column(&row).as_deref(), Some("0/1"));
+        assert_eq!(first_column(&[0, 1, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(first_column(&[0, 1, 0, 0, 0, 9, b'x']), None);
+        assert_eq!(first_column(&[0]), None);
+    }
 
     #[test]
     fn error_response_round_trips_through_the_field_reader() {

@@ -164,6 +164,15 @@ impl ServerConnection {
     /// # Errors
     /// [`ServerError`] on IO failure or a server error.
     pub async fn run_internal(&mut self, sql: &str) -> Result<(), ServerError> {
+        self.run_internal_scalar(sql).await.map(|_| ())
+    }
+
+    /// Like [`ServerConnection::run_internal`], returning the first column of the first row
+    /// as text (`None` for no row or NULL).
+    ///
+    /// # Errors
+    /// [`ServerError`] on IO failure or a server error.
+    pub async fn run_internal_scalar(&mut self, sql: &str) -> Result<Option<String>, ServerError> {
         let mut out = BytesMut::with_capacity(sql.len() + 6);
         out.put_u8(b'Q');
         out.put_u32((sql.len() + 5) as u32);
@@ -172,9 +181,11 @@ impl ServerConnection {
         self.tracker.client_message(b'Q');
         self.write(&out).await?;
         let mut error = None;
+        let mut value = None;
         loop {
             let (tag, body) = self.read_whole_message().await?;
             match tag {
+                b'D' if value.is_none() => value = Some(backend::first_column(&body)),
                 b'E' => {
                     let (severity, code, message) = backend::parse_error_fields(&body);
                     error.get_or_insert(ServerError::Refused { severity, code, message });
@@ -192,7 +203,7 @@ impl ServerConnection {
                 break;
             }
         }
-        error.map_or(Ok(()), Err)
+        error.map_or(Ok(value.flatten()), Err)
     }
 
     /// Makes the server's session parameters equal to `target`, if they differ.

@@ -14,6 +14,7 @@ pub mod params;
 pub mod pinning;
 pub mod prepared;
 pub mod relay;
+pub mod route;
 pub mod setting;
 pub mod state;
 mod welcome;
@@ -28,6 +29,10 @@ use crate::protocol::ProtocolError;
 use crate::server::{PgConnector, ServerError};
 use client::ClientConn;
 use relay::{RelayEnd, RelayOptions};
+use route::{Placement, RouteWatch, Segment, SessionRouting};
+use crate::router::lag::Lsn;
+use crate::router::replica::ReplicaLoad;
+use crate::router::Wanted;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -74,6 +79,9 @@ pub enum SessionError {
     /// The server went away under a running transaction.
     #[error("server connection lost")]
     ServerLost,
+    /// A read found no healthy replica and `replica_fallback = "error"`.
+    #[error("no healthy replica for this read (replica_fallback = \"error\")")]
+    NoReplica,
 }
 
 impl SessionError {
@@ -89,7 +97,7 @@ impl SessionError {
             SessionError::Pool(PoolError::WaitTimeout(_)) => SqlState::QUERY_CANCELED,
             SessionError::Pool(PoolError::TooManyWaiting(_)) => SqlState::TOO_MANY_CONNECTIONS,
             SessionError::Pool(PoolError::Connect(e)) => e.sqlstate(),
-            SessionError::Pool(_) => SqlState::CANNOT_CONNECT_NOW,
+            SessionError::Pool(_) | SessionError::NoReplica => SqlState::CANNOT_CONNECT_NOW,
             SessionError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
             SessionError::Shutdown => SqlState::ADMIN_SHUTDOWN,
             SessionError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
@@ -110,8 +118,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
     };
-    let Session { client, pool, cancel, mode, idle_transaction_timeout } = session;
-    let mut run = Running { client: ClientConn::new(stream, buf, session_max(&ctx), client), pool, cancel, ctx };
+    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing } = session;
+    let mut run = Running { client: ClientConn::new(stream, buf, session_max(&ctx), client), pool, cancel, ctx, routing };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
     if let Err(e) = run.run(opts).await {
         if !matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
@@ -141,6 +149,8 @@ pub(crate) struct Session {
     cancel: CancelRegistration,
     mode: PoolMode,
     idle_transaction_timeout: Option<Duration>,
+    /// Read/write routing (transaction mode).
+    routing: Option<SessionRouting>,
 }
 
 struct Running {
@@ -148,6 +158,15 @@ struct Running {
     pool: ServerPool,
     cancel: CancelRegistration,
     ctx: Arc<Shared>,
+    routing: Option<SessionRouting>,
+}
+
+/// A server connection checked out for a transaction, and how it was routed.
+struct Held {
+    server: crate::pool::Checkout<PgConnector>,
+    watch: Option<RouteWatch>,
+    /// Counts the transaction on its replica while held.
+    _replica: Option<ReplicaLoad>,
 }
 
 /// Stops a scan after the message that ends a request (Query, Sync, FunctionCall).
@@ -169,15 +188,33 @@ impl Inspect for RequestEnd {
 impl Running {
     async fn run(&mut self, opts: RelayOptions) -> Result<(), SessionError> {
         let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let mut held = None;
+        let mut held: Option<Held> = None;
         loop {
             if held.is_none() {
                 self.wait_for_message().await?;
                 if self.client.buf[0] == b'X' {
                     return Ok(());
                 }
-                let mut server = match self.pool.checkout().await {
+                let placement = match self.place().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.reject_request(&e).await?;
+                        continue;
+                    }
+                };
+                let (pool, replica) = match placement.replica {
+                    Some((pool, load)) => (pool, Some(load)),
+                    None => (self.pool.clone(), None),
+                };
+                let mut server = match pool.checkout().await {
                     Ok(s) => s,
+                    Err(e) if replica.is_some() => {
+                        // The replica cannot be had right now: the primary can serve the read.
+                        tracing::debug!(error = %e, "replica checkout failed; reading from the primary");
+                        let watch = self.routing.as_ref().and_then(SessionRouting::primary_watch);
+                        held = self.checkout_primary(watch).await?;
+                        continue;
+                    }
                     Err(e) => {
                         self.reject_request(&SessionError::Pool(e)).await?;
                         continue;
@@ -185,20 +222,37 @@ impl Running {
                 };
                 if let Err(e) = server.apply_params(&self.client.params).await {
                     server.discard();
-                    return Err(e.into());
+                    if replica.is_none() {
+                        return Err(e.into());
+                    }
+                    tracing::debug!(error = %e, "replica connection failed; reading from the primary");
+                    let watch = self.routing.as_ref().and_then(SessionRouting::primary_watch);
+                    held = self.checkout_primary(watch).await?;
+                    continue;
                 }
-                held = Some(server);
+                held = Some(Held { server, watch: placement.watch, _replica: replica });
             }
-            let Some(server) = held.as_mut() else { continue };
+            let Some(h) = held.as_mut() else { continue };
+            let server = &mut h.server;
             self.cancel.slot.set((server.addr(), server.key()));
             let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
-            let end = relay::relay(&mut self.client, server, opts, registry, &mut timer).await;
+            let end = relay::relay(&mut self.client, server, opts, registry, &mut timer, h.watch.as_mut()).await;
             self.cancel.slot.clear().await;
             if self.client.pinned {
                 // Temporary tables, LISTEN, advisory locks...: gone before anyone else uses it.
                 server.needs_discard = true;
             }
             match end {
+                RelayEnd::CommitHeld => {
+                    // The client learns of its commit only once the position is known, so that
+                    // no read anywhere can begin after the commit and miss it.
+                    let ready = relay::take_held_ready(&mut self.client, &mut h.server, opts);
+                    self.learn_commit_position(&mut h.server).await;
+                    if let Some(w) = h.watch.as_mut() {
+                        w.wrote = false;
+                    }
+                    self.client.send(&ready).await?;
+                }
                 RelayEnd::Released => {
                     held = None;
                     if self.ctx.shutdown.is_cancelled() {
@@ -213,12 +267,96 @@ impl Running {
                 }
                 RelayEnd::ClientProtocol(e) => return Err(e.into()),
                 RelayEnd::IdleInTransaction => return Err(SessionError::IdleInTransaction),
+                RelayEnd::ReplicaFailed => {
+                    // The replica failed before answering a read: run it on the primary. Or it
+                    // went away between reads: route the next one afresh.
+                    let retry = h.watch.as_mut().and_then(RouteWatch::take_retry);
+                    if let Some(h) = held.take() {
+                        tracing::debug!(replica = %h.server.addr(), "replica connection failed; reads go elsewhere");
+                        h.server.discard();
+                    }
+                    let Some(segment) = retry else { continue };
+                    let mut buf = bytes::BytesMut::with_capacity(segment.len() + self.client.buf.len());
+                    buf.extend_from_slice(&segment);
+                    buf.extend_from_slice(&self.client.buf);
+                    self.client.buf = buf;
+                    let watch = self.routing.as_ref().and_then(SessionRouting::primary_watch);
+                    held = self.checkout_primary(watch).await?;
+                }
                 RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) => {
-                    if let Some(s) = held.take() {
-                        s.discard();
+                    if let Some(h) = held.take() {
+                        h.server.discard();
                     }
                     return Err(SessionError::ServerLost);
                 }
+            }
+        }
+    }
+
+    /// Decides where the buffered request runs (transaction mode with read/write splitting).
+    async fn place(&mut self) -> Result<Placement, SessionError> {
+        let unrouted = Placement { replica: None, watch: None };
+        let Some(routing) = self.routing.as_mut() else { return Ok(unrouted) };
+        if !routing.active(&self.ctx) {
+            return Ok(unrouted);
+        }
+        let max = self.client.scanner_max();
+        let wanted = loop {
+            let classifier = routing.classifier().clone();
+            match Segment::judge(&self.client.buf, max, &classifier, Some(&self.client.statements)) {
+                Segment::Whole { wanted, .. } => break wanted,
+                Segment::Unfinished => break Wanted::Primary,
+                Segment::Partial => {
+                    if self.client.buf.capacity() - self.client.buf.len() < 512 {
+                        self.client.buf.reserve(client::CLIENT_BUF);
+                    }
+                    let read = tokio::select! {
+                        r = tokio::io::AsyncReadExt::read_buf(&mut self.client.stream, &mut self.client.buf) => r?,
+                        _ = self.ctx.shutdown.cancelled() => return Err(SessionError::Shutdown),
+                    };
+                    if read == 0 {
+                        return Err(SessionError::ClientGone);
+                    }
+                }
+            }
+        };
+        routing.place(wanted).map_err(|_| SessionError::NoReplica)
+    }
+
+    /// Checks out a primary connection for a read whose replica failed.
+    async fn checkout_primary(&mut self, watch: Option<RouteWatch>) -> Result<Option<Held>, SessionError> {
+        match self.pool.checkout().await {
+            Ok(mut server) => {
+                if let Err(e) = server.apply_params(&self.client.params).await {
+                    server.discard();
+                    return Err(e.into());
+                }
+                Ok(Some(Held { server, watch, _replica: None }))
+            }
+            Err(e) => {
+                self.reject_request(&SessionError::Pool(e)).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// After a write transaction on the primary: where its commit is in the WAL, so that this
+    /// client's (or, in global mode, everyone's) reads go only to replicas that replayed it.
+    /// One round trip on the primary connection, before it goes back to the pool.
+    async fn learn_commit_position(&mut self, server: &mut crate::pool::Checkout<PgConnector>) {
+        let Some(routing) = self.routing.as_mut() else { return };
+        match server.run_internal_scalar("SELECT pg_current_wal_insert_lsn()").await {
+            Ok(Some(text)) => match text.parse::<Lsn>() {
+                Ok(lsn) => routing.committed(lsn),
+                Err(e) => tracing::warn!(error = %e, "unreadable WAL position from the primary"),
+            },
+            Ok(None) => {}
+            Err(e) => {
+                // Without the position, the primary serves this client's reads until the next
+                // write succeeds in telling it: never a stale read.
+                tracing::warn!(error = %e, "could not read the primary's WAL position");
+                server.mark_broken();
+                routing.commit_position_unknown();
             }
         }
     }

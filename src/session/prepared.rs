@@ -84,6 +84,13 @@ impl ClientStatements {
         self.by_name.clear();
     }
 
+    /// The query text of a statement, by the client's name.
+    pub fn query_text(&self, name: &[u8]) -> Option<&[u8]> {
+        let stmt = self.by_name.get(std::str::from_utf8(name).ok()?)?;
+        let end = stmt.spec.iter().position(|&b| b == 0).unwrap_or(stmt.spec.len());
+        Some(&stmt.spec[..end])
+    }
+
     /// Forgets one statement (DEALLOCATE name), returning its server name.
     pub fn forget(&mut self, name: &str) -> Option<Arc<str>> {
         self.by_name.remove(name).map(|s| s.server_name)

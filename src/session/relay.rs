@@ -8,6 +8,8 @@ use super::client::ClientConn;
 use super::params::ParamSet;
 use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
 use super::pinning;
+use super::route::{Gate, RouteWatch};
+use crate::protocol::backend::TransactionStatus;
 use super::setting::{self, SettingChange, SettingTracker};
 use super::state::{ClientAction, TransactionTracker};
 use crate::protocol::backend;
@@ -40,6 +42,12 @@ pub enum RelayEnd {
     ServerProtocol(ProtocolError),
     /// The client stayed idle inside a transaction past the timeout.
     IdleInTransaction,
+    /// A replica failed an autocommit read before answering any of it: the read can run
+    /// elsewhere (the [`RouteWatch`] holds it).
+    ReplicaFailed,
+    /// A write transaction just ended on the primary: its ReadyForQuery waits at the front of
+    /// the server's buffer (see [`take_held_ready`]) until the commit position is learned.
+    CommitHeld,
 }
 
 /// Client messages larger than this are not copied into the rewrite buffer; the relay flushes
@@ -62,11 +70,15 @@ struct ClientSide<'a> {
     error: Option<ProtocolError>,
     /// A connection-bound feature the client just used.
     pin: Option<&'static str>,
+    /// Read/write routing, when on.
+    watch: Option<&'a mut RouteWatch>,
 }
 
 impl Inspect for ClientSide<'_> {
     fn wants(&self, tag: u8, len: u32) -> Want {
-        if self.copying {
+        if self.watch.as_ref().is_some_and(|w| w.wants_body(tag)) {
+            Want::Body
+        } else if self.copying {
             if len > COPY_LIMIT {
                 Want::Stop
             } else {
@@ -82,6 +94,21 @@ impl Inspect for ClientSide<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        let Some(watch) = self.watch.as_deref_mut() else { return self.forward(tag, body) };
+        if watch.on_replica() {
+            // One segment at a time: the relay looks at the next before it goes.
+            let flow = self.forward(tag, body);
+            return if flow == Flow::Continue && matches!(tag, b'Q' | b'S') { Flow::StopAfter } else { flow };
+        }
+        if !self.tracker.client_copying() {
+            watch.message(tag, body, self.statements.as_ref().map(|s| &*s.client));
+        }
+        self.forward(tag, body)
+    }
+}
+
+impl ClientSide<'_> {
+    fn forward(&mut self, tag: u8, body: &[u8]) -> Flow {
         let action = self.tracker.client_message(tag);
         if action == ClientAction::Terminate {
             self.terminated = true;
@@ -173,6 +200,10 @@ struct ServerSide<'a> {
     settings: Option<&'a mut SettingTracker>,
     startup: &'a ParamSet,
     release: bool,
+    /// Hold the ReadyForQuery that ends a write transaction.
+    hold_commit: bool,
+    /// It arrived.
+    commit_held: bool,
 }
 
 impl Inspect for ServerSide<'_> {
@@ -189,6 +220,15 @@ impl Inspect for ServerSide<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        if self.hold_commit
+            && tag == b'Z'
+            && body.first() == Some(&b'I')
+            && self.tracker.pending() == 1
+            && !self.tracker.unsynced()
+        {
+            self.commit_held = true;
+            return Flow::StopBefore;
+        }
         if let Some(settings) = self.settings.as_mut().filter(|s| !s.is_idle()) {
             match tag {
                 b'E' => settings.error(self.tracker.answered() + 1),
@@ -229,6 +269,67 @@ impl Inspect for ServerSide<'_> {
     }
 }
 
+/// Takes the ReadyForQuery a [`RelayEnd::CommitHeld`] left at the front of the server's
+/// buffer, accounts for it as the relay would have, and returns its bytes for the client.
+pub fn take_held_ready(client: &mut ClientConn, server: &mut ServerConnection, opts: RelayOptions) -> bytes::Bytes {
+    let Ok(Some(h)) = crate::protocol::frame::peek_header(&server.buf, u32::MAX >> 1) else { return bytes::Bytes::new() };
+    let ready = server.buf.split_to(h.total()).freeze();
+    let mut insp = ServerSide {
+        tracker: &mut server.tracker,
+        server_params: &mut server.params,
+        client_params: &mut client.params,
+        responses: &mut server.responses,
+        statements: &mut server.statements,
+        settings: opts.release_at_idle.then_some(&mut client.settings),
+        startup: &client.startup,
+        release: false,
+        hold_commit: false,
+        commit_held: false,
+    };
+    insp.message(h.tag, &ready[5..]);
+    ready
+}
+
+/// How far a replica has answered a read that could still run elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplicaAnswer {
+    /// Its answer is not complete yet: wait for more.
+    Pending,
+    /// It said FATAL (or PANIC) before the answer was complete.
+    Failed,
+    /// It answered (ReadyForQuery or an error), or the answer is too long to hold back.
+    Decided,
+}
+
+/// A replica's answer held back from the client, at most; a longer one goes out as it comes
+/// and can no longer be retried.
+const MAX_HELD_ANSWER: usize = 64 * 1024;
+
+impl ReplicaAnswer {
+    fn of(buf: &[u8]) -> Self {
+        let mut pos = 0;
+        loop {
+            if pos > MAX_HELD_ANSWER {
+                return ReplicaAnswer::Decided;
+            }
+            let Ok(Some(h)) = crate::protocol::frame::peek_header(&buf[pos..], u32::MAX >> 1) else {
+                return ReplicaAnswer::Pending;
+            };
+            if h.total() > MAX_HELD_ANSWER {
+                return ReplicaAnswer::Decided;
+            }
+            if buf.len() - pos < h.total() {
+                return ReplicaAnswer::Pending;
+            }
+            match h.tag {
+                b'E' if backend::is_fatal(&buf[pos + 5..pos + h.total()]) => return ReplicaAnswer::Failed,
+                b'E' | b'Z' => return ReplicaAnswer::Decided,
+                _ => pos += h.total(),
+            }
+        }
+    }
+}
+
 /// Relay options fixed for a session.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayOptions {
@@ -246,17 +347,28 @@ pub async fn relay(
     opts: RelayOptions,
     registry: Option<&StatementRegistry>,
     timer: &mut Pin<Box<Sleep>>,
+    watch: Option<&mut RouteWatch>,
 ) -> RelayEnd {
-    let mut r = Relay { client, server, s_fwd: 0, opts, registry, timer, armed: false };
-    let end = poll_fn(|cx| r.poll(cx)).await;
+    let mut r = Relay { client, server, s_fwd: 0, opts, registry, timer, armed: false, watch };
+    let mut end = poll_fn(|cx| r.poll(cx)).await;
+    if matches!(end, RelayEnd::ServerGone | RelayEnd::ServerProtocol(_)) {
+        // A replica lost while its read can still run elsewhere, or between reads with nothing
+        // of the next one sent: the client need not know.
+        let between = r.client.fwd == 0 && r.client.to_server.is_empty() && r.server.tracker.is_idle();
+        if r.watch.as_ref().is_some_and(|w| w.on_replica() && (w.can_retry() || between)) {
+            end = RelayEnd::ReplicaFailed;
+        }
+    }
     let (client, server) = (r.client, r.server);
     match end {
+        // The relay goes on after the commit position is learned: nothing is dropped.
+        RelayEnd::CommitHeld => return end,
         RelayEnd::ClientGone | RelayEnd::ClientProtocol(_) | RelayEnd::IdleInTransaction => {
             // Bytes scanned but not written, or a message cut short, leave the server unsure.
             server.mid_client_message =
                 client.fwd > 0 || !client.to_server.is_empty() || !client.scanner.at_boundary();
         }
-        RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) => server.mark_broken(),
+        RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) | RelayEnd::ReplicaFailed => server.mark_broken(),
         RelayEnd::Released | RelayEnd::Terminated => {
             if r.s_fwd == 0 && !server.buf.is_empty() && server.tracker.is_idle() {
                 // Only asynchronous messages (notices) can follow an idle ReadyForQuery; they
@@ -283,6 +395,7 @@ struct Relay<'a> {
     registry: Option<&'a StatementRegistry>,
     timer: &'a mut Pin<Box<Sleep>>,
     armed: bool,
+    watch: Option<&'a mut RouteWatch>,
 }
 
 const READ_RESERVE: usize = 8192;
@@ -342,8 +455,14 @@ impl Relay<'_> {
                 self.s_fwd -= n;
                 progress |= n > 0;
             }
-            if self.s_fwd == 0 && c.to_client.is_empty() && s.responses.synthetic_due() {
+            // sluice's own replies wait, like the server's, while a replica's answer is held.
+            let holding = self.watch.as_ref().is_some_and(|w| w.on_replica() && w.can_retry())
+                && ReplicaAnswer::of(&s.buf) != ReplicaAnswer::Decided;
+            if self.s_fwd == 0 && c.to_client.is_empty() && s.responses.synthetic_due() && !holding {
                 s.responses.take_synthetic(&mut c.to_client);
+                if let Some(w) = self.watch.as_deref_mut() {
+                    w.answered();
+                }
             }
             if self.s_fwd == 0 && !c.to_client.is_empty() {
                 let Some(n) = poll_send(&mut c.stream, cx, &c.to_client) else {
@@ -359,11 +478,12 @@ impl Relay<'_> {
             if to_server_done && c.terminated {
                 return Poll::Ready(RelayEnd::Terminated);
             }
+            let rerouting = self.watch.as_ref().is_some_and(|w| w.reroute);
             // Release only when no whole header is waiting: a buffered message starts the next
-            // transaction on this checkout.
+            // transaction on this checkout (unless it must run elsewhere).
             if to_server_done
                 && to_client_done
-                && c.buf.len() < 5
+                && (c.buf.len() < 5 || rerouting)
                 && server_idle
                 && self.opts.release_at_idle
                 && !c.pinned
@@ -373,7 +493,30 @@ impl Relay<'_> {
             }
 
             // Client to server: scan what is buffered, read more only when all of it is sent.
-            if to_server_done && !c.terminated {
+            let mut gate = Gate::Open;
+            if let Some(w) = self.watch.as_deref_mut().filter(|w| w.on_replica()) {
+                if to_server_done && !rerouting && c.buf.len() >= 5 && c.scanner.at_boundary() && !s.tracker.unsynced() {
+                    gate = w.gate(
+                        &c.buf,
+                        c.scanner.max_len(),
+                        Some(&c.statements),
+                        s.tracker.pending() > 0,
+                        s.tracker.status() != TransactionStatus::Idle,
+                    );
+                    if gate == Gate::Reroute {
+                        progress = true;
+                    }
+                }
+            }
+            if gate == Gate::ReadClient {
+                make_room(&mut c.buf, READ_RESERVE);
+                match poll_read_buf(Pin::new(&mut c.stream), cx, &mut c.buf) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ClientGone),
+                    Poll::Ready(Ok(_)) => progress = true,
+                    Poll::Pending => {}
+                }
+            }
+            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open {
                 let statements = self.registry.map(|registry| Statements {
                     client: &mut c.statements,
                     server: &mut s.statements,
@@ -391,6 +534,7 @@ impl Relay<'_> {
                     terminated: false,
                     error: None,
                     pin: None,
+                    watch: self.watch.as_deref_mut(),
                 };
                 let scanned = match c.scanner.scan(&c.buf, &mut insp) {
                     Ok(x) => x,
@@ -424,7 +568,25 @@ impl Relay<'_> {
             // Server to client, unless the server is parked at an idle boundary or sluice's own
             // responses are still going out.
             let parked = server_idle && self.opts.release_at_idle && !c.pinned;
-            if to_client_done && !parked && !s.responses.synthetic_due() {
+            let mut answer = ReplicaAnswer::Decided;
+            if to_client_done && !parked && self.watch.as_ref().is_some_and(|w| w.on_replica() && w.can_retry()) {
+                // Nothing of this read reaches the client until the replica has answered more
+                // than acknowledgements: if it fails first, the read can run on the primary.
+                answer = ReplicaAnswer::of(&s.buf);
+                match answer {
+                    ReplicaAnswer::Failed => return Poll::Ready(RelayEnd::ReplicaFailed),
+                    ReplicaAnswer::Pending => {
+                        make_room(&mut s.buf, 0);
+                        match poll_read_buf(Pin::new(&mut s.stream), cx, &mut s.buf) {
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(RelayEnd::ServerGone),
+                            Poll::Ready(Ok(_)) => progress = true,
+                            Poll::Pending => {}
+                        }
+                    }
+                    ReplicaAnswer::Decided => {}
+                }
+            }
+            if to_client_done && !parked && !s.responses.synthetic_due() && answer == ReplicaAnswer::Decided {
                 let mut insp = ServerSide {
                     tracker: &mut s.tracker,
                     server_params: &mut s.params,
@@ -434,11 +596,21 @@ impl Relay<'_> {
                     settings: self.opts.release_at_idle.then_some(&mut c.settings),
                     startup: &c.startup,
                     release: self.opts.release_at_idle,
+                    hold_commit: self.watch.as_ref().is_some_and(|w| w.holds_commit()),
+                    commit_held: false,
                 };
                 let scanned = match s.scanner.scan(&s.buf, &mut insp) {
                     Ok(x) => x,
                     Err(e) => return Poll::Ready(RelayEnd::ServerProtocol(e)),
                 };
+                if insp.commit_held && scanned.consumed == 0 {
+                    return Poll::Ready(RelayEnd::CommitHeld);
+                }
+                if scanned.consumed > 0 {
+                    if let Some(w) = self.watch.as_deref_mut() {
+                        w.answered();
+                    }
+                }
                 self.s_fwd = scanned.consumed;
                 if scanned.consumed > 0 || scanned.stopped {
                     progress = true;

@@ -3,6 +3,7 @@
 
 use super::login::{self, Opening};
 use super::params::ParamSet;
+use super::route::SessionRouting;
 use super::{Session, SessionError, ServerPool};
 use crate::app::Shared;
 use crate::protocol::backend::{self, TransactionStatus};
@@ -47,6 +48,9 @@ pub(super) async fn login(
         Some(_) => db.password.clone(),
         None => db.password.clone().or_else(|| secret.and_then(|s| s.plain()).map(str::to_owned)),
     };
+    let routing = (config.pool.mode == crate::config::PoolMode::Transaction).then(|| {
+        SessionRouting::new(startup.database.clone(), server_user.clone(), password.clone(), ctx)
+    });
     let pool = ctx.pools.get_or_create(&config, &startup.database, db, &server_user, password);
     let params = session_params(&pool, &requested).await?;
 
@@ -65,6 +69,7 @@ pub(super) async fn login(
         cancel,
         mode: config.pool.mode,
         idle_transaction_timeout: config.pool.idle_transaction_timeout.non_zero(),
+        routing,
     }))
 }
 

@@ -3,9 +3,10 @@
 //!
 //! # A poll
 //! Every `lag_check_interval` the task:
-//! 1. reads `pg_current_wal_lsn()` on the primary, first, so that the replica's position read
-//!    next can only be newer than the primary's (lag is never under-reported because of the
-//!    order), and records it in the [`ReplicaSet`];
+//! 1. reads `pg_current_wal_insert_lsn()` on the primary (everything committed, flushed or
+//!    not), first, so that the replica's position read next can only be newer than the
+//!    primary's (lag is never under-reported because of the order), and records it in the
+//!    [`ReplicaSet`];
 //! 2. reads `pg_is_in_recovery()`, `pg_last_wal_replay_lsn()` and
 //!    `pg_last_xact_replay_timestamp()` on the replica, raises the status' replay position
 //!    (only ever from this value), computes the lag ([`LagTracker`]) and the state

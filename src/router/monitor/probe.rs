@@ -42,10 +42,10 @@ impl Probe {
         }
     }
 
-    /// The primary's `pg_current_wal_lsn()`.
+    /// The primary's `pg_current_wal_insert_lsn()`: everything committed, even not yet flushed.
     pub async fn current_wal_lsn(&mut self, s: &MonitorSettings) -> Result<Lsn, MonitorError> {
-        let row = self.row("SELECT pg_current_wal_lsn()", s).await?;
-        self.lsn(row.get(0), "pg_current_wal_lsn()")
+        let row = self.row("SELECT pg_current_wal_insert_lsn()", s).await?;
+        self.lsn(row.get(0), "pg_current_wal_insert_lsn()")
     }
 
     /// The replica's replay position and last replayed commit time.

@@ -1,0 +1,357 @@
+//! Read/write routing inside a session (transaction mode): where the next transaction runs,
+//! and what the relay watches for while it holds a server connection.
+//!
+//! Routing goes by *segments*: a simple Query, or the extended-protocol messages up to and
+//! including a Sync, which the server runs as one unit. A segment goes to a replica only when
+//! all of it is buffered and every statement in it may run there; otherwise it goes to the
+//! primary. On a replica, the relay forwards one segment at a time and looks at the next one
+//! before it forwards it: one that may not run there ends the checkout once the replica is idle,
+//! and is routed afresh. On the primary, a write marks the checkout so that the commit position
+//! is learned for read-your-writes.
+
+use super::prepared::ClientStatements;
+use bytes::BytesMut;
+use super::ServerPool;
+use crate::app::{DatabaseReplicas, RoutingTable, Shared};
+use crate::config::ReadYourWrites;
+use crate::protocol::frame::peek_header;
+use crate::router::lag::{Lsn, ReplicaState};
+use crate::router::replica::ReplicaLoad;
+use crate::router::classify::{Classification, Classifier, StatementClass};
+use crate::router::{request_text, wanted, Wanted};
+use std::sync::Arc;
+
+/// Messages looked at, at most, when judging one segment; a longer one goes to the primary.
+const MAX_SEGMENT_MESSAGES: usize = 64;
+
+/// What a buffered segment may run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    /// Every message is buffered (`len` bytes): this is where it may run.
+    Whole {
+        /// Where it may run.
+        wanted: Wanted,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// Not even the first message is whole yet: read more before deciding.
+    Partial,
+    /// Its first messages are here but not its end: only the primary is safe.
+    Unfinished,
+}
+
+impl Segment {
+    /// Judges the segment at the start of `buf`.
+    pub fn judge(buf: &[u8], max_message: u32, classifier: &Classifier, statements: Option<&ClientStatements>) -> Segment {
+        let mut pos = 0;
+        let mut wanted_so_far: Option<Wanted> = None;
+        for _ in 0..MAX_SEGMENT_MESSAGES {
+            let header = match peek_header(&buf[pos..], max_message) {
+                Ok(Some(h)) if buf.len() - pos >= h.total() => h,
+                Ok(_) if pos == 0 => return Segment::Partial,
+                Ok(_) => return Segment::Unfinished,
+                // Not the protocol: the relay reports it; nothing goes to a replica.
+                Err(_) => return Segment::Whole { wanted: Wanted::Primary, len: 0 },
+            };
+            let body = &buf[pos + 5..pos + header.total()];
+            pos += header.total();
+            let here = match header.tag {
+                b'Q' | b'P' | b'B' => classify(classifier, header.tag, body, statements).map(|c| wanted(&c)),
+                b'D' | b'E' | b'C' | b'H' | b'S' => None,
+                _ => Some(Wanted::Primary),
+            };
+            wanted_so_far = combine(wanted_so_far, here);
+            if matches!(header.tag, b'Q' | b'S') {
+                return Segment::Whole { wanted: wanted_so_far.unwrap_or(Wanted::ReplicaStatement), len: pos };
+            }
+            if wanted_so_far == Some(Wanted::Primary) {
+                return Segment::Whole { wanted: Wanted::Primary, len: pos };
+            }
+        }
+        Segment::Unfinished
+    }
+}
+
+/// The strictest of two: the primary over a replica transaction over a replica statement.
+fn combine(a: Option<Wanted>, b: Option<Wanted>) -> Option<Wanted> {
+    let rank = |w: Wanted| match w {
+        Wanted::ReplicaStatement => 0,
+        Wanted::ReplicaTransaction => 1,
+        Wanted::Primary => 2,
+    };
+    match (a, b) {
+        (Some(x), Some(y)) => Some(if rank(x) >= rank(y) { x } else { y }),
+        (x, y) => x.or(y),
+    }
+}
+
+/// What the relay watches for on the connection it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchMode {
+    /// A replica running autocommit reads.
+    ReplicaStatements,
+    /// A replica running a read-only transaction: anything goes until it ends.
+    ReplicaTransaction,
+    /// The primary, with read-your-writes on: note whether anything was written.
+    PrimaryWrites,
+}
+
+/// What the relay should do before scanning the client's next segment on a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Forward it.
+    Open,
+    /// Wait: for the server to answer (is the transaction over?) or for more client bytes.
+    WaitServer,
+    /// Read more from the client.
+    ReadClient,
+    /// Release this replica once idle and route the segment again.
+    Reroute,
+}
+
+/// The relay's view of routing for one checkout.
+pub struct RouteWatch {
+    classifier: Arc<Classifier>,
+    /// The current mode.
+    pub mode: WatchMode,
+    /// A write went to the primary in this checkout.
+    pub wrote: bool,
+    /// The next segment may not run on this replica: release it and route that segment again.
+    pub reroute: bool,
+    /// The autocommit segment running on a replica, kept until the first byte of its answer
+    /// reaches the client, so that it can run on the primary if the replica fails first.
+    retry: BytesMut,
+    /// Something was sent to the client since the segment in `retry` went out.
+    answered: bool,
+}
+
+/// Segments longer than this are not kept for a retry.
+const MAX_RETRY: usize = 64 * 1024;
+
+impl RouteWatch {
+    /// Watches a checkout in `mode`.
+    pub fn new(classifier: Arc<Classifier>, mode: WatchMode) -> Self {
+        Self { classifier, mode, wrote: false, reroute: false, retry: BytesMut::new(), answered: false }
+    }
+
+    /// Whether the running segment can still be run elsewhere: the replica may fail it.
+    pub fn can_retry(&self) -> bool {
+        !self.retry.is_empty() && !self.answered
+    }
+
+    /// Bytes went to the client: the running segment can no longer be retried.
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+
+    /// The segment to run elsewhere, if it can be.
+    pub fn take_retry(&mut self) -> Option<BytesMut> {
+        let can = self.can_retry();
+        let segment = std::mem::take(&mut self.retry);
+        can.then_some(segment)
+    }
+
+    /// On a replica: every segment is looked at before it is forwarded.
+    pub fn on_replica(&self) -> bool {
+        self.mode != WatchMode::PrimaryWrites
+    }
+
+    /// Whether the ReadyForQuery ending this checkout's transaction waits until the commit
+    /// position is learned: a write went to the primary.
+    pub fn holds_commit(&self) -> bool {
+        self.mode == WatchMode::PrimaryWrites && self.wrote
+    }
+
+    /// Whether the relay needs the body of a client message with this tag.
+    pub fn wants_body(&self, tag: u8) -> bool {
+        self.mode == WatchMode::PrimaryWrites && matches!(tag, b'Q' | b'P' | b'B')
+    }
+
+    /// Looks at one client message as it is forwarded (on the primary: was it a write?).
+    pub fn message(&mut self, tag: u8, body: &[u8], statements: Option<&ClientStatements>) {
+        if self.mode != WatchMode::PrimaryWrites || self.wrote {
+            return;
+        }
+        self.wrote = match classify(&self.classifier, tag, body, statements) {
+            Some(c) => c.class == StatementClass::Write,
+            None => tag == b'F',
+        };
+    }
+
+    /// On a replica, at a segment boundary with the next segment's header buffered: may it go?
+    /// `pending` is whether the server still owes answers, `in_transaction` whether the last
+    /// ReadyForQuery said a transaction is open.
+    pub fn gate(
+        &mut self,
+        buf: &[u8],
+        max_message: u32,
+        statements: Option<&ClientStatements>,
+        pending: bool,
+        in_transaction: bool,
+    ) -> Gate {
+        if self.mode == WatchMode::ReplicaTransaction {
+            if pending {
+                return Gate::WaitServer;
+            }
+            if in_transaction {
+                return Gate::Open;
+            }
+        }
+        self.retry.clear();
+        match Segment::judge(buf, max_message, &self.classifier, statements) {
+            Segment::Partial => Gate::ReadClient,
+            Segment::Whole { wanted: Wanted::ReplicaStatement, len } => {
+                self.mode = WatchMode::ReplicaStatements;
+                if len <= MAX_RETRY && !pending {
+                    self.retry.extend_from_slice(&buf[..len]);
+                    self.answered = false;
+                }
+                Gate::Open
+            }
+            Segment::Whole { wanted: Wanted::ReplicaTransaction, .. } => {
+                self.mode = WatchMode::ReplicaTransaction;
+                Gate::Open
+            }
+            Segment::Whole { wanted: Wanted::Primary, .. } | Segment::Unfinished => {
+                self.reroute = true;
+                Gate::Reroute
+            }
+        }
+    }
+}
+
+/// The classification of a request message, if it carries a query.
+pub fn classify(
+    classifier: &Classifier,
+    tag: u8,
+    body: &[u8],
+    statements: Option<&ClientStatements>,
+) -> Option<Arc<Classification>> {
+    let text = request_text(tag, body, |name| statements.and_then(|s| s.query_text(name)))?;
+    // Query text that is not UTF-8 cannot be parsed: the classifier sends it to the primary.
+    Some(classifier.classify(std::str::from_utf8(text).unwrap_or("\u{fffd}")))
+}
+
+/// A session's routing state: the table it last saw, its database's replica pools and the
+/// newest commit position it wrote.
+pub(crate) struct SessionRouting {
+    database: String,
+    server_user: String,
+    password: Option<String>,
+    table: Arc<RoutingTable>,
+    replicas: Option<Arc<DatabaseReplicas>>,
+    pools: Vec<ServerPool>,
+    /// The newest commit position of this client's own writes.
+    own_commit: Lsn,
+}
+
+/// Where a transaction was sent.
+pub(crate) struct Placement {
+    /// A replica's pool and the guard counting the transaction on it; `None` for the primary.
+    pub replica: Option<(ServerPool, ReplicaLoad)>,
+    /// What the relay watches; `None` when routing has nothing to watch.
+    pub watch: Option<RouteWatch>,
+}
+
+impl SessionRouting {
+    /// Routing for a client of `database` logging in to the servers as `server_user`.
+    pub fn new(database: String, server_user: String, password: Option<String>, ctx: &Shared) -> Self {
+        let mut r = Self {
+            database,
+            server_user,
+            password,
+            table: ctx.routing.load_full(),
+            replicas: None,
+            pools: Vec::new(),
+            own_commit: Lsn::ZERO,
+        };
+        r.refresh_pools(ctx);
+        r
+    }
+
+    fn refresh_pools(&mut self, ctx: &Shared) {
+        self.replicas = self.table.databases.get(&self.database).cloned();
+        self.pools.clear();
+        let config = ctx.config.load();
+        let (Some(replicas), Some(db)) = (&self.replicas, config.databases.get(&self.database)) else { return };
+        for status in replicas.set.replicas() {
+            self.pools.push(ctx.pools.get_or_create_on(
+                &config,
+                &self.database,
+                db,
+                status.address(),
+                &self.server_user,
+                self.password.clone(),
+            ));
+        }
+    }
+
+    /// Whether reads may be split at all (checks for a reload first).
+    pub fn active(&mut self, ctx: &Shared) -> bool {
+        let current = ctx.routing.load();
+        if !Arc::ptr_eq(&current, &self.table) {
+            self.table = arc_swap::Guard::into_inner(current);
+            self.refresh_pools(ctx);
+        }
+        self.replicas.is_some()
+    }
+
+    /// The classifier.
+    pub fn classifier(&self) -> &Arc<Classifier> {
+        &self.table.classifier
+    }
+
+    /// The watch for a checkout on the primary.
+    pub fn primary_watch(&self) -> Option<RouteWatch> {
+        (self.table.read_your_writes != ReadYourWrites::Off)
+            .then(|| RouteWatch::new(self.table.classifier.clone(), WatchMode::PrimaryWrites))
+    }
+
+    /// Places a segment that wants `wanted`: on a replica that is healthy and has replayed what
+    /// this read must see, else on the primary (or nowhere, with `replica_fallback = "error"`
+    /// and no healthy replica at all).
+    pub fn place(&self, wanted: Wanted) -> Result<Placement, NoReplica> {
+        let ryw = self.table.read_your_writes;
+        let primary = || Placement { replica: None, watch: self.primary_watch() };
+        let Some(replicas) = &self.replicas else { return Ok(primary()) };
+        let mode = match wanted {
+            Wanted::Primary => return Ok(primary()),
+            Wanted::ReplicaStatement => WatchMode::ReplicaStatements,
+            Wanted::ReplicaTransaction => WatchMode::ReplicaTransaction,
+        };
+        let min_lsn = match ryw {
+            ReadYourWrites::Off => Lsn::ZERO,
+            ReadYourWrites::Session => self.own_commit,
+            ReadYourWrites::Global => self.own_commit.max(replicas.set.last_commit()),
+        };
+        if let Some((i, load)) = replicas.set.pick(min_lsn) {
+            let watch = RouteWatch::new(self.table.classifier.clone(), mode);
+            return Ok(Placement { replica: Some((self.pools[i].clone(), load)), watch: Some(watch) });
+        }
+        let any_healthy = replicas.set.replicas().iter().any(|r| r.state() == ReplicaState::Healthy);
+        if !any_healthy && !self.table.fallback_to_primary {
+            return Err(NoReplica);
+        }
+        Ok(primary())
+    }
+
+    /// A write committed but its position could not be learned: this client reads from the
+    /// primary until a later write's position is known.
+    pub fn commit_position_unknown(&mut self) {
+        self.own_commit = Lsn(u64::MAX);
+    }
+
+    /// Notes that this client committed a write at `lsn`.
+    pub fn committed(&mut self, lsn: Lsn) {
+        self.own_commit = if self.own_commit == Lsn(u64::MAX) { lsn } else { self.own_commit.max(lsn) };
+        if self.table.read_your_writes == ReadYourWrites::Global {
+            if let Some(r) = &self.replicas {
+                r.set.note_commit(lsn);
+            }
+        }
+    }
+}
+
+/// No replica is healthy and `replica_fallback = "error"`.
+#[derive(Debug, Clone, Copy)]
+pub struct NoReplica;

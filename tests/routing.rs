@@ -1,0 +1,239 @@
+//! Read/write routing against a real primary and streaming replica: reads go to the replica
+//! while it is within the lag limits, writes to the primary, and a client never reads older data
+//! than read-your-writes promises.
+//!
+//! Tests that pause replay or stop the replica get a cluster of their own, so they never disturb
+//! each other. Which server answered is told by `pg_is_in_recovery()`, listed as a read-only
+//! function in the configuration.
+
+mod common;
+
+use common::{config_text, eventually};
+use sluice::cluster::{Cluster, ClusterOptions, PgBinaries};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DB: &str = "app";
+
+/// A primary and replica for one test, with database `app` and table `t (id int, v int)`.
+fn own_cluster() -> Cluster {
+    let bins = PgBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let opts = ClusterOptions { replica: true, ..ClusterOptions::default() };
+    let cluster = Cluster::start(&bins, &opts).unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    cluster.primary.psql("postgres", &format!("CREATE DATABASE {DB}")).expect("create database");
+    cluster.primary.psql(DB, "CREATE TABLE t (id int primary key, v int)").expect("create table");
+    cluster.wait_replica_caught_up().expect("replica catches up");
+    cluster
+}
+
+fn replica(cluster: &Cluster) -> &sluice::cluster::PgInstance {
+    cluster.replica.as_ref().expect("the cluster has a replica")
+}
+
+/// Starts sluice in front of `cluster` with read/write splitting; `routing` adds `[routing]`
+/// keys.
+async fn start_router(cluster: &Cluster, routing: &str) -> sluice::app::Sluice {
+    let sections = format!(
+        "[pool]\nsize = 4\n\n[routing]\nread_write_split = true\nlag_check_interval = \"20ms\"\n\
+         read_only_functions = [\"pg_is_in_recovery\"]\n{routing}"
+    );
+    let db_extra = format!("replicas = [\"{}\"]", replica(cluster).addr());
+    let text = config_text(cluster.primary.addr(), DB, &sections, &db_extra);
+    let config = sluice::config::Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    sluice::app::Sluice::start(config).await.expect("sluice starts")
+}
+
+async fn connect(sluice: &sluice::app::Sluice) -> tokio_postgres::Client {
+    common::connect(sluice.local_addrs()[0], DB).await
+}
+
+/// Whether a simple autocommit read through `client` was answered by the replica.
+async fn read_on_replica(client: &tokio_postgres::Client) -> bool {
+    let rows = client.simple_query("SELECT pg_is_in_recovery()").await.expect("read");
+    first_value(&rows).as_deref() == Some("t")
+}
+
+/// The first column of the first row of a simple query's answer.
+fn first_value(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+async fn count(client: &tokio_postgres::Client) -> i64 {
+    client.query_one("SELECT count(*) FROM t", &[]).await.expect("count").get(0)
+}
+
+/// Polls until reads through `client` land where `on_replica` says, or fails after 20 s.
+async fn wait_reads_on(client: &tokio_postgres::Client, on_replica: bool, what: &str) {
+    let start = Instant::now();
+    while read_on_replica(client).await != on_replica {
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: reads did not move in 20 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Resumes replay when dropped, so a failed assertion never leaves the replica paused.
+struct PausedReplay<'a>(&'a sluice::cluster::PgInstance);
+
+impl<'a> PausedReplay<'a> {
+    fn pause(replica: &'a sluice::cluster::PgInstance) -> Self {
+        replica.psql("postgres", "SELECT pg_wal_replay_pause()").expect("pause replay");
+        PausedReplay(replica)
+    }
+}
+
+impl Drop for PausedReplay<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.psql("postgres", "SELECT pg_wal_replay_resume()");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_replica_and_writes_to_the_primary() {
+    let cluster = own_cluster();
+    // Without read-your-writes, so that reads after this test's writes may use the replica.
+    let sluice = start_router(&cluster, "read_your_writes = \"off\"").await;
+    let c = connect(&sluice).await;
+    wait_reads_on(&c, true, "a healthy replica").await;
+    // Writes, explicit transactions and unlisted functions stay on the primary.
+    c.batch_execute("INSERT INTO t VALUES (1, 1)").await.unwrap();
+    let tx = c.simple_query("BEGIN; SELECT pg_is_in_recovery(); COMMIT").await.unwrap();
+    assert_eq!(first_value(&tx).as_deref(), Some("f"), "a read-write transaction runs on the primary");
+    let hinted = c.simple_query("/* sluice:primary */ SELECT pg_is_in_recovery()").await.unwrap();
+    assert_eq!(first_value(&hinted).as_deref(), Some("f"), "the primary hint wins");
+    // A read-only transaction goes to the replica as a whole.
+    let ro = c.simple_query("BEGIN READ ONLY; SELECT pg_is_in_recovery(); COMMIT").await.unwrap();
+    assert_eq!(first_value(&ro).as_deref(), Some("t"), "BEGIN READ ONLY runs on the replica");
+    c.batch_execute("BEGIN READ ONLY").await.unwrap();
+    assert!(read_on_replica(&c).await, "inside a read-only transaction");
+    let err = c.batch_execute("INSERT INTO t VALUES (3, 3)").await.unwrap_err();
+    assert_eq!(common::sqlstate(&err), "25006", "a write in a read-only transaction fails as on Postgres");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    // Prepared statements (tokio-postgres prepares every query) are routed by their text.
+    let on_replica: bool = c.query_one("SELECT pg_is_in_recovery()", &[]).await.unwrap().get(0);
+    assert!(on_replica, "a prepared read runs on the replica");
+    let n: i64 = c.query_one("INSERT INTO t VALUES (2, 2) RETURNING (SELECT count(*) FROM t)", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "a prepared write runs on the primary");
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_read_then_write_never_sends_the_write_to_the_replica() {
+    let cluster = own_cluster();
+    let sluice = start_router(&cluster, "read_your_writes = \"off\"").await;
+    let c = connect(&sluice).await;
+    wait_reads_on(&c, true, "a healthy replica").await;
+    for i in 0..50 {
+        // tokio-postgres pipelines these: both requests are in flight at once.
+        let id: i32 = 100 + i;
+        let params: [(&(dyn tokio_postgres::types::ToSql + Sync), tokio_postgres::types::Type); 1] =
+            [(&id, tokio_postgres::types::Type::INT4)];
+        let read = c.query_typed("SELECT pg_is_in_recovery()", &[]);
+        let write = c.query_typed("INSERT INTO t VALUES ($1, 0)", &params);
+        let (r, w) = tokio::join!(read, write);
+        r.expect("the read succeeds");
+        w.expect("the write reaches the primary");
+    }
+    let on_primary: i64 = c.query_one("/* sluice:primary */ SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(on_primary, 50);
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_paused_moves_reads_to_the_primary_once_lag_passes_the_limit_and_back_after_resume() {
+    let cluster = own_cluster();
+    let sluice = start_router(&cluster, "max_replica_lag = \"300ms\"\nmax_replica_lag_bytes = 4096\nread_your_writes = \"off\"").await;
+    let c = connect(&sluice).await;
+    wait_reads_on(&c, true, "a healthy replica").await;
+    {
+        let _paused = PausedReplay::pause(replica(&cluster));
+        cluster
+            .primary
+            .psql(DB, "INSERT INTO t SELECT g, g FROM generate_series(1, 2000) g")
+            .expect("write on the primary");
+        wait_reads_on(&c, false, "replay paused with writes").await;
+        assert_eq!(count(&c).await, 2000, "reads on the primary see the writes");
+    }
+    wait_reads_on(&c, true, "replay resumed").await;
+    cluster.wait_replica_caught_up().expect("replica catches up");
+    assert_eq!(count(&c).await, 2000, "the replica is back and caught up");
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reads_own_write_while_replica_replay_is_paused() {
+    let cluster = own_cluster();
+    // Lag limits so loose that the paused replica stays healthy: only read-your-writes decides.
+    let sluice = start_router(&cluster, "max_replica_lag = \"1h\"\nmax_replica_lag_bytes = \"1GB\"\nread_your_writes = \"session\"").await;
+    let writer = connect(&sluice).await;
+    let other = connect(&sluice).await;
+    wait_reads_on(&writer, true, "a healthy replica").await;
+    wait_reads_on(&other, true, "a healthy replica").await;
+    let _paused = PausedReplay::pause(replica(&cluster));
+    for i in 1..=20 {
+        writer.execute("INSERT INTO t VALUES ($1, 0)", &[&i]).await.unwrap();
+        assert_eq!(count(&writer).await, i64::from(i), "the writer sees its own write at once");
+    }
+    // Session mode promises nothing across clients: the other one still reads the replica.
+    assert!(read_on_replica(&other).await);
+    assert_eq!(count(&other).await, 0, "the paused replica has not replayed the writes");
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_read_your_writes_holds_across_connections_while_replay_is_paused() {
+    let cluster = own_cluster();
+    let sluice = start_router(&cluster, "max_replica_lag = \"1h\"\nmax_replica_lag_bytes = \"1GB\"\nread_your_writes = \"global\"").await;
+    let writer = connect(&sluice).await;
+    let reader = connect(&sluice).await;
+    wait_reads_on(&reader, true, "a healthy replica").await;
+    {
+        let _paused = PausedReplay::pause(replica(&cluster));
+        for i in 1..=20 {
+            writer.execute("INSERT INTO t VALUES ($1, 0)", &[&i]).await.unwrap();
+            assert_eq!(count(&reader).await, i64::from(i), "another connection sees the write at once");
+        }
+        assert!(!read_on_replica(&reader).await, "reads wait for the replica on the primary");
+    }
+    wait_reads_on(&reader, true, "replay resumed past the writes").await;
+    assert_eq!(count(&reader).await, 20);
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_stopped_mid_run_reads_fall_back_without_errors_and_return_when_it_is_back() {
+    let mut cluster = own_cluster();
+    let sluice = start_router(&cluster, "read_your_writes = \"off\"").await;
+    let c = connect(&sluice).await;
+    wait_reads_on(&c, true, "a healthy replica").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let client = connect(&sluice).await;
+        let (stop, reads) = (stop.clone(), reads.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                client.query_one("SELECT count(*) FROM t", &[]).await.expect("no read fails while the replica goes away");
+                reads.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let before = reads.load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(10), || reads.load(Ordering::Relaxed) > before + 20).await);
+    cluster.replica.as_mut().unwrap().stop();
+    wait_reads_on(&c, false, "replica stopped").await;
+    let during = reads.load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(10), || reads.load(Ordering::Relaxed) > during + 20).await, "reads go on");
+    cluster.replica.as_mut().unwrap().start().expect("replica restarts");
+    wait_reads_on(&c, true, "replica back").await;
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.expect("reader");
+    }
+    sluice.shutdown(Duration::ZERO).await;
+}
