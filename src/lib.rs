@@ -8,15 +8,19 @@
 //! - [`session`]: one client's session: a short relay loop plus a pure transaction state machine;
 //! - [`router`]: read/write routing: where a transaction runs, replica lag and the choice of a replica;
 //! - [`config`]: the TOML configuration and its validation;
+//! - [`admin`]: the admin console (virtual database `sluice`);
+//! - [`metrics`]: Prometheus metrics and what sessions count;
 //! - [`app`]: the listener, the pools registry and shutdown;
 //! - [`cluster`]: local Postgres clusters for `sluice demo`, the tests and the benchmarks.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod router;

@@ -11,11 +11,12 @@ pub use replicas::{DatabaseReplicas, ReplicaRegistry, RoutingTable};
 
 use crate::auth::{AuthError, UserStore};
 use crate::config::{Config, ConfigError};
+use crate::metrics::{Metrics, MetricsError, MetricsHandle};
 use crate::protocol::backend::{self, Severity, SqlState};
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,7 +40,13 @@ pub enum AppError {
     /// The users could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The metrics endpoint could not be started.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
+
+/// Reads the configuration again for a reload (set by `main`: the file sluice started from).
+pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
 /// State every session shares.
 pub struct Shared {
@@ -58,6 +65,10 @@ pub struct Shared {
     /// Cancelled when sluice shuts down: idle sessions end, busy ones end after their
     /// transaction.
     pub shutdown: CancellationToken,
+    /// What sessions count, and the Prometheus registry when metrics are exported.
+    pub metrics: Metrics,
+    /// Where RELOAD on the admin console reads the configuration from.
+    pub reload_source: OnceLock<ConfigSource>,
     clients: AtomicUsize,
 }
 
@@ -65,6 +76,22 @@ impl Shared {
     /// Connected clients.
     pub fn client_count(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Applies a new configuration without dropping clients. An invalid one is refused and
+    /// the old one stays.
+    ///
+    /// # Errors
+    /// [`AppError`] naming what is wrong.
+    pub fn apply_config(&self, config: Config) -> Result<(), AppError> {
+        config.validate()?;
+        let users = UserStore::from_config(&config)?;
+        self.pools.reconfigure(&config);
+        self.config.store(Arc::new(config));
+        self.routing.reconfigure(&self.config.load(), &users);
+        self.users.store(users);
+        tracing::info!("configuration reloaded");
+        Ok(())
     }
 }
 
@@ -74,6 +101,7 @@ pub struct Sluice {
     addrs: Vec<SocketAddr>,
     sessions: TaskTracker,
     stop_accepting: CancellationToken,
+    metrics: Option<MetricsHandle>,
 }
 
 impl Sluice {
@@ -91,6 +119,8 @@ impl Sluice {
         }
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let routing = ReplicaRegistry::new(&config, &users);
+        let metrics_addr = config.server.metrics_listen.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
+        let metrics = if metrics_addr.is_some() { Metrics::exported() } else { Metrics::new() };
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             users: ArcSwap::new(users),
@@ -99,13 +129,17 @@ impl Sluice {
             cancels: Arc::new(CancelRegistry::default()),
             statements: Arc::default(),
             shutdown: CancellationToken::new(),
+            metrics,
+            reload_source: OnceLock::new(),
             clients: AtomicUsize::new(0),
         });
+        let metrics = metrics_addr.map(|a| crate::metrics::install(a, shared.clone())).transpose()?;
         let sluice = Sluice {
             shared,
             addrs,
             sessions: TaskTracker::new(),
             stop_accepting: CancellationToken::new(),
+            metrics,
         };
         for l in listeners {
             tokio::spawn(accept_loop(l, sluice.shared.clone(), sluice.sessions.clone(), sluice.stop_accepting.clone()));
@@ -119,6 +153,11 @@ impl Sluice {
         &self.addrs
     }
 
+    /// The metrics endpoint's bound address, when `server.metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsHandle::local_addr)
+    }
+
     /// The shared state.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
@@ -130,14 +169,7 @@ impl Sluice {
     /// # Errors
     /// [`AppError`] naming what is wrong.
     pub fn reload(&self, config: Config) -> Result<(), AppError> {
-        config.validate()?;
-        let users = UserStore::from_config(&config)?;
-        self.shared.pools.reconfigure(&config);
-        self.shared.config.store(Arc::new(config));
-        self.shared.routing.reconfigure(&self.shared.config.load(), &users);
-        self.shared.users.store(users);
-        tracing::info!("configuration reloaded");
-        Ok(())
+        self.shared.apply_config(config)
     }
 
     /// Shuts down: stops accepting, ends idle sessions at once and busy ones when their
