@@ -109,12 +109,15 @@ fn run(path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
         for a in sluice.local_addrs() {
             tracing::info!(addr = %a, "listening");
         }
+        let source = path.clone();
+        let _ = sluice.shared().reload_source.set(Box::new(move || Config::load(&source).map_err(|e| e.to_string())));
         serve_until_signal(&sluice, || Config::load(&path).map_err(Into::into)).await?;
         Ok(())
     })
 }
 
-/// Serves until SIGTERM (graceful) or SIGINT (fast); SIGHUP reloads with `reload`.
+/// Serves until SIGTERM or SHUTDOWN on the admin console (graceful) or SIGINT (fast); SIGHUP
+/// reloads with `reload`.
 pub async fn serve_until_signal(
     sluice: &Sluice,
     reload: impl Fn() -> Result<Config, Box<dyn std::error::Error>>,
@@ -128,6 +131,12 @@ pub async fn serve_until_signal(
             _ = term.recv() => {
                 let grace = sluice.shared().config.load().server.shutdown_timeout.0;
                 tracing::info!(?grace, "SIGTERM: finishing running transactions, then stopping");
+                sluice.shutdown(grace).await;
+                return Ok(());
+            }
+            _ = sluice.shared().shutdown.cancelled() => {
+                let grace = sluice.shared().config.load().server.shutdown_timeout.0;
+                tracing::info!(?grace, "SHUTDOWN: finishing running transactions, then stopping");
                 sluice.shutdown(grace).await;
                 return Ok(());
             }

@@ -113,7 +113,11 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
     let mut buf = bytes::BytesMut::with_capacity(512);
     let opened = tokio::time::timeout(login_timeout, welcome::login(&mut stream, &mut buf, &ctx)).await;
     let session = match opened {
-        Ok(Ok(Some(s))) => s,
+        Ok(Ok(Some(welcome::Opened::Client(s)))) => s,
+        Ok(Ok(Some(welcome::Opened::Admin(user)))) => {
+            let _ = crate::admin::serve(&mut stream, &mut buf, ctx, &user).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,

@@ -12,12 +12,20 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// What a login opened.
+pub(super) enum Opened {
+    /// A client session on a database.
+    Client(Session),
+    /// The admin console, for this authenticated user (nothing sent after authentication).
+    Admin(String),
+}
+
 /// Runs the login phase; `None` when the connection was a cancel request.
 pub(super) async fn login(
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     ctx: &Arc<Shared>,
-) -> Result<Option<Session>, SessionError> {
+) -> Result<Option<Opened>, SessionError> {
     let startup = match login::read_opening(stream, buf).await? {
         Opening::Cancel { pid, secret } => {
             ctx.cancels.cancel(pid, secret).await;
@@ -32,6 +40,11 @@ pub(super) async fn login(
         backend::negotiate_protocol_version(&mut out, &unsupported);
         stream.write_all(&out).await?;
         out.clear();
+    }
+    if crate::admin::is_admin_database(&startup.database) {
+        let users = ctx.users.load_full();
+        login::authenticate(stream, buf, users.method, &startup.user, users.get(&startup.user)).await?;
+        return Ok(Some(Opened::Admin(startup.user)));
     }
     let config = ctx.config.load_full();
     let db = config
@@ -63,14 +76,14 @@ pub(super) async fn login(
     backend::backend_key_data(&mut out, pid, secret_key);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
     stream.write_all(&out).await?;
-    Ok(Some(Session {
+    Ok(Some(Opened::Client(Session {
         client: params,
         pool,
         cancel,
         mode: config.pool.mode,
         idle_transaction_timeout: config.pool.idle_transaction_timeout.non_zero(),
         routing,
-    }))
+    })))
 }
 
 /// The parameter set a client runs with: the server's defaults with the client's startup
