@@ -202,6 +202,10 @@ struct ServerSide<'a> {
     release: bool,
     /// Hold the ReadyForQuery that ends a write transaction.
     hold_commit: bool,
+    /// Stop after each ReadyForQuery (a replica's answers go out one segment at a time).
+    stop_at_ready: bool,
+    /// The scan ended with a ReadyForQuery.
+    ready_seen: bool,
     /// It arrived.
     commit_held: bool,
 }
@@ -258,6 +262,10 @@ impl Inspect for ServerSide<'_> {
         }
         let idle = self.tracker.server_message(tag, body);
         self.responses.on_server_message(tag, self.statements);
+        if tag == b'Z' && self.stop_at_ready {
+            self.ready_seen = true;
+            return Flow::StopAfter;
+        }
         if matches!(tag, b'G' | b'W') {
             self.responses.copy_started(self.tracker.ignored_at_copy_start());
         }
@@ -285,6 +293,8 @@ pub fn take_held_ready(client: &mut ClientConn, server: &mut ServerConnection, o
         release: false,
         hold_commit: false,
         commit_held: false,
+        stop_at_ready: false,
+        ready_seen: false,
     };
     insp.message(h.tag, &ready[5..]);
     ready
@@ -598,6 +608,8 @@ impl Relay<'_> {
                     release: self.opts.release_at_idle,
                     hold_commit: self.watch.as_ref().is_some_and(|w| w.holds_commit()),
                     commit_held: false,
+                    stop_at_ready: self.watch.as_ref().is_some_and(|w| w.on_replica()),
+                    ready_seen: false,
                 };
                 let scanned = match s.scanner.scan(&s.buf, &mut insp) {
                     Ok(x) => x,
@@ -606,8 +618,11 @@ impl Relay<'_> {
                 if insp.commit_held && scanned.consumed == 0 {
                     return Poll::Ready(RelayEnd::CommitHeld);
                 }
-                if scanned.consumed > 0 {
-                    if let Some(w) = self.watch.as_deref_mut() {
+                let insp_ready_seen = insp.ready_seen;
+                if let Some(w) = self.watch.as_deref_mut() {
+                    if insp_ready_seen {
+                        w.segment_answered();
+                    } else if scanned.consumed > 0 {
                         w.answered();
                     }
                 }

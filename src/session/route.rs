@@ -11,6 +11,7 @@
 
 use super::prepared::ClientStatements;
 use bytes::BytesMut;
+use std::collections::VecDeque;
 use super::ServerPool;
 use crate::app::{DatabaseReplicas, RoutingTable, Shared};
 use crate::config::ReadYourWrites;
@@ -118,10 +119,13 @@ pub struct RouteWatch {
     pub wrote: bool,
     /// The next segment may not run on this replica: release it and route that segment again.
     pub reroute: bool,
-    /// The autocommit segment running on a replica, kept until the first byte of its answer
-    /// reaches the client, so that it can run on the primary if the replica fails first.
+    /// The autocommit segments in flight on a replica, oldest first, kept until their answers
+    /// reach the client, so that they can run on the primary if the replica fails first.
     retry: BytesMut,
-    /// Something was sent to the client since the segment in `retry` went out.
+    /// The length of each segment in `retry`.
+    retry_lens: VecDeque<usize>,
+    /// Part of the oldest segment's answer reached the client: the segments in flight can no
+    /// longer be run elsewhere.
     answered: bool,
 }
 
@@ -131,24 +135,49 @@ const MAX_RETRY: usize = 64 * 1024;
 impl RouteWatch {
     /// Watches a checkout in `mode`.
     pub fn new(classifier: Arc<Classifier>, mode: WatchMode) -> Self {
-        Self { classifier, mode, wrote: false, reroute: false, retry: BytesMut::new(), answered: false }
+        Self {
+            classifier,
+            mode,
+            wrote: false,
+            reroute: false,
+            retry: BytesMut::new(),
+            retry_lens: VecDeque::new(),
+            answered: false,
+        }
     }
 
-    /// Whether the running segment can still be run elsewhere: the replica may fail it.
+    /// Whether the segments in flight can still be run elsewhere: the replica may fail them.
     pub fn can_retry(&self) -> bool {
-        !self.retry.is_empty() && !self.answered
+        !self.retry_lens.is_empty() && !self.answered
     }
 
-    /// Bytes went to the client: the running segment can no longer be retried.
+    /// Part of the oldest segment's answer went to the client.
     pub fn answered(&mut self) {
         self.answered = true;
     }
 
-    /// The segment to run elsewhere, if it can be.
+    /// The oldest segment's answer went to the client whole (through its ReadyForQuery).
+    pub fn segment_answered(&mut self) {
+        if let Some(len) = self.retry_lens.pop_front() {
+            let _ = self.retry.split_to(len.min(self.retry.len()));
+        }
+        if self.retry_lens.is_empty() {
+            self.retry.clear();
+        }
+        self.answered = false;
+    }
+
+    /// The segments to run elsewhere, if they can be.
     pub fn take_retry(&mut self) -> Option<BytesMut> {
         let can = self.can_retry();
-        let segment = std::mem::take(&mut self.retry);
-        can.then_some(segment)
+        self.retry_lens.clear();
+        let segments = std::mem::take(&mut self.retry);
+        can.then_some(segments)
+    }
+
+    /// Stops keeping segments until those in flight are answered.
+    fn untrack(&mut self) {
+        self.answered = true;
     }
 
     /// On a replica: every segment is looked at before it is forwarded.
@@ -197,19 +226,31 @@ impl RouteWatch {
                 return Gate::Open;
             }
         }
-        self.retry.clear();
         match Segment::judge(buf, max_message, &self.classifier, statements) {
             Segment::Partial => Gate::ReadClient,
             Segment::Whole { wanted: Wanted::ReplicaStatement, len } => {
                 self.mode = WatchMode::ReplicaStatements;
-                if len <= MAX_RETRY && !pending {
-                    self.retry.extend_from_slice(&buf[..len]);
+                if !pending {
+                    self.retry.clear();
+                    self.retry_lens.clear();
                     self.answered = false;
+                }
+                // Kept only while every segment in flight is kept.
+                let keep = !self.answered
+                    && (!pending || !self.retry_lens.is_empty())
+                    && self.retry.len() + len <= MAX_RETRY;
+                if keep {
+                    self.retry.extend_from_slice(&buf[..len]);
+                    self.retry_lens.push_back(len);
+                } else {
+                    self.untrack();
                 }
                 Gate::Open
             }
             Segment::Whole { wanted: Wanted::ReplicaTransaction, .. } => {
                 self.mode = WatchMode::ReplicaTransaction;
+                // Nothing of a transaction is run again elsewhere.
+                self.untrack();
                 Gate::Open
             }
             Segment::Whole { wanted: Wanted::Primary, .. } | Segment::Unfinished => {
