@@ -117,6 +117,15 @@ async fn reads_go_to_the_replica_and_writes_to_the_primary() {
     assert!(on_replica, "a prepared read runs on the replica");
     let n: i64 = c.query_one("INSERT INTO t VALUES (2, 2) RETURNING (SELECT count(*) FROM t)", &[]).await.unwrap().get(0);
     assert_eq!(n, 1, "a prepared write runs on the primary");
+    // Counted per route, and per replica.
+    let counters = sluice.shared().metrics.database(DB);
+    use sluice::metrics::Route;
+    assert!(counters.transactions(Route::Replica) >= 4, "replica transactions are counted");
+    assert!(counters.transactions(Route::Primary) >= 4, "primary transactions are counted");
+    assert!(counters.queries(Route::Replica) >= counters.transactions(Route::Replica));
+    let table = sluice.shared().routing.load_full();
+    let replicas = table.databases[DB].set.replicas();
+    assert!(replicas[0].reads_routed() >= 4);
     sluice.shutdown(Duration::ZERO).await;
 }
 

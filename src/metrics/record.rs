@@ -158,6 +158,11 @@ impl SessionMetrics {
         self.database.query(route);
     }
 
+    /// Counts `n` finished queries (one atomic add).
+    pub fn queries(&self, route: Route, n: u64) {
+        self.database.queries[route as usize].fetch_add(n, Relaxed);
+    }
+
     /// Records how long a checkout waited for a server connection (zero when one was free).
     pub fn waited(&self, wait: Duration) {
         self.wait.record(wait.as_secs_f64());

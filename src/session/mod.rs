@@ -30,6 +30,7 @@ use crate::server::{PgConnector, ServerError};
 use client::ClientConn;
 use relay::{RelayEnd, RelayOptions};
 use route::{Placement, RouteWatch, Segment, SessionRouting};
+use crate::metrics::{Route as MetricsRoute, SessionMetrics};
 use crate::router::lag::Lsn;
 use crate::router::replica::ReplicaLoad;
 use crate::router::Wanted;
@@ -122,8 +123,9 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
     };
-    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing } = session;
-    let mut run = Running { client: ClientConn::new(stream, buf, session_max(&ctx), client), pool, cancel, ctx, routing };
+    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics } = session;
+    let client = ClientConn::new(stream, buf, session_max(&ctx), client);
+    let mut run = Running { client, pool, cancel, ctx, routing, metrics };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
     if let Err(e) = run.run(opts).await {
         if !matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
@@ -155,6 +157,8 @@ pub(crate) struct Session {
     idle_transaction_timeout: Option<Duration>,
     /// Read/write routing (transaction mode).
     routing: Option<SessionRouting>,
+    /// What this session counts.
+    metrics: SessionMetrics,
 }
 
 struct Running {
@@ -163,6 +167,7 @@ struct Running {
     cancel: CancelRegistration,
     ctx: Arc<Shared>,
     routing: Option<SessionRouting>,
+    metrics: SessionMetrics,
 }
 
 /// A server connection checked out for a transaction, and how it was routed.
@@ -170,7 +175,23 @@ struct Held {
     server: crate::pool::Checkout<PgConnector>,
     watch: Option<RouteWatch>,
     /// Counts the transaction on its replica while held.
-    _replica: Option<ReplicaLoad>,
+    replica: Option<ReplicaLoad>,
+    /// ReadyForQuery messages the server had sent before this checkout's first request.
+    answered_before: u64,
+}
+
+impl Held {
+    fn new(server: crate::pool::Checkout<PgConnector>, watch: Option<RouteWatch>, replica: Option<ReplicaLoad>) -> Self {
+        let answered_before = server.tracker.answered();
+        Held { server, watch, replica, answered_before }
+    }
+
+    /// Counts the checkout's transaction and requests.
+    fn record(&self, metrics: &SessionMetrics) {
+        let route = if self.replica.is_some() { MetricsRoute::Replica } else { MetricsRoute::Primary };
+        metrics.transaction(route);
+        metrics.queries(route, self.server.tracker.answered().saturating_sub(self.answered_before));
+    }
 }
 
 /// Stops a scan after the message that ends a request (Query, Sync, FunctionCall).
@@ -210,7 +231,10 @@ impl Running {
                     Some((pool, load)) => (pool, Some(load)),
                     None => (self.pool.clone(), None),
                 };
-                let mut server = match pool.checkout().await {
+                let started = std::time::Instant::now();
+                let checkout = pool.checkout().await;
+                self.metrics.waited(started.elapsed());
+                let mut server = match checkout {
                     Ok(s) => s,
                     Err(e) if replica.is_some() => {
                         // The replica cannot be had right now: the primary can serve the read.
@@ -234,7 +258,7 @@ impl Running {
                     held = self.checkout_primary(watch).await?;
                     continue;
                 }
-                held = Some(Held { server, watch: placement.watch, _replica: replica });
+                held = Some(Held::new(server, placement.watch, replica));
             }
             let Some(h) = held.as_mut() else { continue };
             let server = &mut h.server;
@@ -252,12 +276,14 @@ impl Running {
                     // no read anywhere can begin after the commit and miss it.
                     let ready = relay::take_held_ready(&mut self.client, &mut h.server, opts);
                     self.learn_commit_position(&mut h.server).await;
+                    h.answered_before += 1;
                     if let Some(w) = h.watch.as_mut() {
                         w.wrote = false;
                     }
                     self.client.send(&ready).await?;
                 }
                 RelayEnd::Released => {
+                    h.record(&self.metrics);
                     held = None;
                     if self.ctx.shutdown.is_cancelled() {
                         return Err(SessionError::Shutdown);
@@ -267,6 +293,7 @@ impl Running {
                     if !opts.release_at_idle {
                         server.needs_discard = true;
                     }
+                    h.record(&self.metrics);
                     return Ok(());
                 }
                 RelayEnd::ClientProtocol(e) => return Err(e.into()),
@@ -329,13 +356,16 @@ impl Running {
 
     /// Checks out a primary connection for a read whose replica failed.
     async fn checkout_primary(&mut self, watch: Option<RouteWatch>) -> Result<Option<Held>, SessionError> {
-        match self.pool.checkout().await {
+        let started = std::time::Instant::now();
+        let checkout = self.pool.checkout().await;
+        self.metrics.waited(started.elapsed());
+        match checkout {
             Ok(mut server) => {
                 if let Err(e) = server.apply_params(&self.client.params).await {
                     server.discard();
                     return Err(e.into());
                 }
-                Ok(Some(Held { server, watch, _replica: None }))
+                Ok(Some(Held::new(server, watch, None)))
             }
             Err(e) => {
                 self.reject_request(&SessionError::Pool(e)).await?;

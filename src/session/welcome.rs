@@ -64,6 +64,7 @@ pub(super) async fn login(
     let routing = (config.pool.mode == crate::config::PoolMode::Transaction).then(|| {
         SessionRouting::new(startup.database.clone(), server_user.clone(), password.clone(), ctx)
     });
+    let metrics = ctx.metrics.session(&startup.database, &server_user);
     let pool = ctx.pools.get_or_create(&config, &startup.database, db, &server_user, password);
     let params = session_params(&pool, &requested).await?;
 
@@ -83,6 +84,7 @@ pub(super) async fn login(
         mode: config.pool.mode,
         idle_transaction_timeout: config.pool.idle_transaction_timeout.non_zero(),
         routing,
+        metrics,
     })))
 }
 
