@@ -246,3 +246,86 @@ async fn replica_stopped_mid_run_reads_fall_back_without_errors_and_return_when_
     }
     sluice.shutdown(Duration::ZERO).await;
 }
+
+/// Many writers and readers for a bounded time while replay is paused and resumed under them:
+/// a client never reads a value older than its own last committed write (session), nor, in
+/// global mode, older than any write committed before its read began.
+async fn consistency_check(mode: &str) {
+    const WRITERS: usize = 6;
+    const READERS: usize = 6;
+    const RUN: Duration = Duration::from_secs(4);
+    let cluster = own_cluster();
+    cluster
+        .primary
+        .psql(DB, &format!("CREATE TABLE counters (id int primary key, v bigint); INSERT INTO counters SELECT g, 0 FROM generate_series(0, {WRITERS} - 1) g"))
+        .expect("counters");
+    cluster.wait_replica_caught_up().expect("replica catches up");
+    let sluice = start_router(&cluster, &format!("max_replica_lag = \"10s\"\nmax_replica_lag_bytes = \"1GB\"\nread_your_writes = \"{mode}\"")).await;
+    let committed: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let replica_reads = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + RUN;
+    let global = mode == "global";
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let c = connect(&sluice).await;
+        let (committed, replica_reads) = (committed.clone(), replica_reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = w as i32;
+            while Instant::now() < deadline {
+                let v: i64 = c.query_one("UPDATE counters SET v = v + 1 WHERE id = $1 RETURNING v", &[&id]).await.unwrap().get(0);
+                committed[w].fetch_max(v as u64, Ordering::SeqCst);
+                // Its own write, at once.
+                let row = c.query_one("SELECT v, pg_is_in_recovery() FROM counters WHERE id = $1", &[&id]).await.unwrap();
+                let (seen, on_replica): (i64, bool) = (row.get(0), row.get(1));
+                assert!(seen >= v, "writer {w} wrote {v} and then read {seen} (on replica: {on_replica})");
+                replica_reads.fetch_add(u64::from(on_replica), Ordering::Relaxed);
+                if global {
+                    // Pauses between writes, so that replicas catch up with every commit now and
+                    // then and global reads have a chance to use them.
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            }
+        }));
+    }
+    for r in 0..READERS {
+        let c = connect(&sluice).await;
+        let (committed, replica_reads) = (committed.clone(), replica_reads.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut k = r;
+            while Instant::now() < deadline {
+                let w = k % WRITERS;
+                k += 1;
+                let floor = committed[w].load(Ordering::SeqCst);
+                let row = c.query_one("SELECT v, pg_is_in_recovery() FROM counters WHERE id = $1", &[&(w as i32)]).await.unwrap();
+                let (seen, on_replica): (i64, bool) = (row.get(0), row.get(1));
+                replica_reads.fetch_add(u64::from(on_replica), Ordering::Relaxed);
+                if global {
+                    assert!(seen as u64 >= floor, "reader {r} saw {seen} for writer {w} after {floor} was committed (on replica: {on_replica})");
+                }
+            }
+        }));
+    }
+    // Replay stops and starts under the clients.
+    let replica = replica(&cluster);
+    while Instant::now() < deadline {
+        let paused = PausedReplay::pause(replica);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        drop(paused);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    for t in tasks {
+        t.await.expect("no client saw stale data");
+    }
+    assert!(replica_reads.load(Ordering::Relaxed) > 0, "some reads ran on the replica");
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_reads_older_than_its_own_writes_under_session_read_your_writes() {
+    consistency_check("session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_read_misses_a_write_committed_before_it_began_under_global_read_your_writes() {
+    consistency_check("global").await;
+}
