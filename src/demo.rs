@@ -30,8 +30,9 @@ pub fn demo_config(port: u16, cluster: &Cluster) -> Result<Config, crate::config
         .as_ref()
         .map(|r| format!("replicas = [\"{}\"]\n", r.addr()))
         .unwrap_or_default();
+    let split = if replicas.is_empty() { "" } else { "[routing]\nread_write_split = true\n\n" };
     Config::from_toml(&format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[pool]\nsize = 20\n\n\
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[pool]\nsize = 20\n\n{split}\
          [databases.app]\nprimary = \"{}\"\n{replicas}",
         cluster.primary.addr()
     ))
@@ -57,7 +58,8 @@ pub fn run(port: u16) -> Result<(), DemoError> {
             "\nprimary  127.0.0.1:{}\nreplica  {replica}\nsluice   127.0.0.1:{port}  (database \"app\", user \"postgres\", no password)\n\n\
              Try:\n  psql -h 127.0.0.1 -p {port} -U postgres app\n  \
              pgbench -i -h 127.0.0.1 -p {port} -U postgres app\n  \
-             pgbench -h 127.0.0.1 -p {port} -U postgres -c 16 -j 2 -T 10 -S app\n\n\
+             pgbench -h 127.0.0.1 -p {port} -U postgres -c 16 -j 2 -T 10 -S app\n  \
+             psql -h 127.0.0.1 -p {port} -U postgres sluice -c 'SHOW REPLICAS'\n\n\
              Press Ctrl-C to stop and remove everything.",
             cluster.primary.port()
         );
