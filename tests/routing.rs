@@ -329,3 +329,27 @@ async fn no_client_reads_older_than_its_own_writes_under_session_read_your_write
 async fn no_read_misses_a_write_committed_before_it_began_under_global_read_your_writes() {
     consistency_check("global").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_routing_on_and_off_by_reload_moves_reads_of_connected_clients() {
+    let cluster = own_cluster();
+    let sluice = start_router(&cluster, "").await;
+    let c = connect(&sluice).await;
+    wait_reads_on(&c, true, "routing on").await;
+    let config_with = |split: bool| {
+        let sections = format!(
+            "[pool]\nsize = 4\n\n[routing]\nread_write_split = {split}\nlag_check_interval = \"20ms\"\n\
+             read_only_functions = [\"pg_is_in_recovery\"]\n"
+        );
+        let db_extra = format!("replicas = [\"{}\"]", replica(&cluster).addr());
+        let mut text = config_text(cluster.primary.addr(), DB, &sections, &db_extra);
+        // Keep listening where the clients are.
+        text = text.replace("127.0.0.1:0", &sluice.local_addrs()[0].to_string());
+        sluice::config::Config::from_toml(&text).unwrap()
+    };
+    sluice.reload(config_with(false)).expect("reload");
+    wait_reads_on(&c, false, "routing turned off").await;
+    sluice.reload(config_with(true)).expect("reload");
+    wait_reads_on(&c, true, "routing turned on again").await;
+    sluice.shutdown(Duration::ZERO).await;
+}
