@@ -353,3 +353,45 @@ async fn turning_routing_on_and_off_by_reload_moves_reads_of_connected_clients()
     wait_reads_on(&c, true, "routing turned on again").await;
     sluice.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fallback_error_reads_fail_cleanly_while_no_replica_is_healthy_and_writes_go_on() {
+    let mut cluster = own_cluster();
+    let sluice = start_router(&cluster, "replica_fallback = \"error\"\nread_your_writes = \"off\"").await;
+    let c = connect(&sluice).await;
+    wait_replica_reads_without_fallback(&c).await;
+    cluster.replica.as_mut().unwrap().stop();
+    let start = Instant::now();
+    let err = loop {
+        match c.simple_query("SELECT pg_is_in_recovery()").await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(start.elapsed() < Duration::from_secs(20), "reads kept succeeding with the replica down");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(common::sqlstate(&err), "57P03", "{err}");
+    // The session goes on: writes, and reads pinned to the primary by hint.
+    c.batch_execute("INSERT INTO t VALUES (7, 7)").await.expect("writes still work");
+    let rows = c.simple_query("/* sluice:primary */ SELECT count(*) FROM t").await.unwrap();
+    assert_eq!(first_value(&rows).as_deref(), Some("1"));
+    cluster.replica.as_mut().unwrap().start().expect("replica restarts");
+    wait_replica_reads_without_fallback(&c).await;
+    sluice.shutdown(Duration::ZERO).await;
+}
+
+/// With `replica_fallback = "error"`: polls until reads succeed on the replica; until then they
+/// may only fail with 57P03, never run on the primary.
+async fn wait_replica_reads_without_fallback(c: &tokio_postgres::Client) {
+    let start = Instant::now();
+    loop {
+        match c.simple_query("SELECT pg_is_in_recovery()").await {
+            Ok(rows) if first_value(&rows).as_deref() == Some("t") => return,
+            Ok(rows) => panic!("a read ran on the primary: {:?}", first_value(&rows)),
+            Err(e) => assert_eq!(common::sqlstate(&e), "57P03", "{e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no replica read succeeded in 20 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
