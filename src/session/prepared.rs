@@ -8,10 +8,10 @@
 //! first out) for every client that uses the same text.
 //!
 //! Because sluice sometimes answers for the server (a Parse of a statement the server already
-//! has, a Close) or adds messages of its own (a Parse injected before a Bind), it keeps a queue of
-//! the responses each server connection still owes, so that its own ParseComplete and
-//! CloseComplete go to the client exactly where Postgres would have sent them, and the responses
-//! to its own messages are not passed on.
+//! has, a Close) or adds messages of its own (a Parse injected before a Bind, statements added to
+//! a simple query), it keeps a queue of the responses each server connection still owes, so that
+//! its own ParseComplete and CloseComplete go to the client exactly where Postgres would have
+//! sent them, and the responses to its own messages are not passed on.
 
 use crate::protocol::ProtocolError;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -179,6 +179,12 @@ pub enum Expect {
     },
     /// The CloseComplete of a Close sluice sent to evict a statement: swallowed.
     EvictClose,
+    /// A simple query sluice rewrote: one entry per statement, in order, `true` for those sluice
+    /// added, whose CommandComplete is swallowed. Ends at ReadyForQuery.
+    Query {
+        /// The statements whose CommandComplete is still due.
+        internal: VecDeque<bool>,
+    },
     /// A message sluice sends the client itself when this entry reaches the head.
     Synthetic(u8),
 }
@@ -229,6 +235,19 @@ impl ResponseQueue {
         self.q.push_back(e);
     }
 
+    /// A simple query that sluice rewrote went out; `internal` marks, per statement, those
+    /// sluice added.
+    pub fn rewritten_query(&mut self, internal: &[bool]) {
+        if self.skipping {
+            return;
+        }
+        if internal.iter().any(|&i| i) {
+            self.push(Expect::Query { internal: internal.iter().copied().collect() });
+        } else {
+            self.push(Expect::Pass { until: READY, sync: false });
+        }
+    }
+
     /// Whether the next owed response is one sluice must write itself.
     pub fn synthetic_due(&self) -> bool {
         matches!(self.q.front(), Some(Expect::Synthetic(_)))
@@ -239,6 +258,7 @@ impl ResponseQueue {
         match self.q.front() {
             Some(Expect::Parse { swallow: true, .. }) => tag == b'1',
             Some(Expect::EvictClose) => tag == b'3',
+            Some(Expect::Query { internal }) => tag == b'C' && internal.front() == Some(&true),
             _ => false,
         }
     }
@@ -275,7 +295,7 @@ impl ResponseQueue {
             // The Syncs the server ignores are accounted for by `copy_started`.
             return ServerAction::Forward;
         }
-        let Some(head) = self.q.front() else { return ServerAction::Forward };
+        let Some(head) = self.q.front_mut() else { return ServerAction::Forward };
         match head {
             Expect::Pass { until, .. } => {
                 if until.contains(&tag) {
@@ -297,6 +317,17 @@ impl ResponseQueue {
                 self.q.pop_front();
                 ServerAction::Swallow
             }
+            Expect::Query { internal } if tag == b'C' => {
+                if internal.pop_front() == Some(true) {
+                    ServerAction::Swallow
+                } else {
+                    ServerAction::Forward
+                }
+            }
+            Expect::Query { .. } if tag == b'Z' => {
+                self.q.pop_front();
+                ServerAction::Forward
+            }
             // Notices, ParameterStatus and the like arrive between responses.
             _ => ServerAction::Forward,
         }
@@ -306,9 +337,9 @@ impl ResponseQueue {
     /// everything up to the next Sync, so do the responses sluice would have made up.
     fn on_error(&mut self, server: &mut ServerStatements) -> ServerAction {
         match self.q.front() {
-            Some(Expect::Pass { until: READY, .. }) => return ServerAction::Forward,
+            // A simple query's error ends it: the ReadyForQuery follows.
+            Some(Expect::Pass { until: READY, .. } | Expect::Query { .. }) | None => return ServerAction::Forward,
             Some(Expect::Parse { name, .. }) => server.remove(name),
-            None => return ServerAction::Forward,
             _ => {}
         }
         self.q.pop_front();

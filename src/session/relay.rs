@@ -126,10 +126,11 @@ impl ClientSide<'_> {
             }
         }
         let mut replaced_query = false;
+        let mut internal = Vec::new();
         if tag == b'Q' && !body.is_empty() {
             if let Some(settings) = self.settings.as_mut() {
-                let text = body.strip_suffix(&[0]).and_then(|b| std::str::from_utf8(b).ok());
-                if let Some(mut changes) = text.and_then(setting::parse_query) {
+                let text = body.strip_suffix(&[0]).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("");
+                if let Some(mut changes) = setting::parse_query(text) {
                     let mut renamed = false;
                     if let Some(st) = self.statements.as_mut() {
                         for c in changes.iter_mut() {
@@ -146,14 +147,16 @@ impl ClientSide<'_> {
                             }
                         }
                     }
-                    if let Some((sql, rewritten)) = setting::rewrite_resets(&changes, self.startup, renamed) {
+                    if let Some(rewritten) = setting::rewrite_resets(text, &changes, self.startup, renamed) {
+                        let sql = rewritten.sql;
                         self.out.put_u8(b'Q');
                         self.out.put_u32(sql.len() as u32 + 5);
                         self.out.put_slice(sql.as_bytes());
                         self.out.put_u8(0);
                         self.copying = true;
                         replaced_query = true;
-                        changes = rewritten;
+                        changes = rewritten.changes;
+                        internal = rewritten.internal;
                     }
                     settings.query_sent(self.tracker.asked(), changes);
                 }
@@ -167,6 +170,9 @@ impl ClientSide<'_> {
         };
         let before = self.out.len();
         let rewrite = if action == ClientAction::ForwardIgnored {
+            Ok(Rewrite::AsIs)
+        } else if replaced_query {
+            st.queue.rewritten_query(&internal);
             Ok(Rewrite::AsIs)
         } else {
             st.client_message(tag, body, self.out)

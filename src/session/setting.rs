@@ -33,6 +33,8 @@ pub enum SettingChange {
         /// The statement name.
         name: String,
     },
+    /// `SET LOCAL`: it ends with its transaction, so there is nothing to carry.
+    Local,
 }
 
 /// Splits SQL into statements on semicolons outside quotes and comments; `None` for text it
@@ -109,75 +111,68 @@ fn setting_name(s: &str) -> Option<(String, &str)> {
     (super::params::valid_name(name)).then(|| (name.to_ascii_lowercase(), s[end..].trim_start()))
 }
 
-/// Reads one statement; `Ok(None)` for SET LOCAL (transaction-scoped: nothing to carry), `Err`
-/// for anything that is not a SET or RESET sluice understands.
-fn change(stmt: &str) -> Result<Option<SettingChange>, ()> {
+/// Reads one statement; `None` for anything that is not a SET or RESET sluice understands.
+fn change(stmt: &str) -> Option<SettingChange> {
     if let Some(rest) = keyword(stmt, "DISCARD") {
-        return if keyword(rest, "ALL").is_some_and(str::is_empty) { Ok(Some(SettingChange::DiscardAll)) } else { Err(()) };
+        return keyword(rest, "ALL").is_some_and(str::is_empty).then_some(SettingChange::DiscardAll);
     }
     if let Some(mut rest) = keyword(stmt, "DEALLOCATE") {
         if let Some(r) = keyword(rest, "PREPARE") {
             rest = r;
         }
         if keyword(rest, "ALL").is_some_and(str::is_empty) {
-            return Ok(Some(SettingChange::DeallocateAll));
+            return Some(SettingChange::DeallocateAll);
         }
         let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(rest.len());
-        return if end > 0 && rest[end..].trim().is_empty() {
-            Ok(Some(SettingChange::Deallocate { name: rest[..end].to_owned() }))
-        } else {
-            Err(())
-        };
+        return (end > 0 && rest[end..].trim().is_empty())
+            .then(|| SettingChange::Deallocate { name: rest[..end].to_owned() });
     }
     if let Some(rest) = keyword(stmt, "RESET") {
         if keyword(rest, "ALL").is_some_and(str::is_empty) {
-            return Ok(Some(SettingChange::ResetAll));
+            return Some(SettingChange::ResetAll);
         }
-        let (name, tail) = setting_name(rest).ok_or(())?;
-        return if tail.is_empty() { Ok(Some(SettingChange::Reset { name })) } else { Err(()) };
+        let (name, tail) = setting_name(rest)?;
+        return tail.is_empty().then_some(SettingChange::Reset { name });
     }
-    let mut rest = keyword(stmt, "SET").ok_or(())?;
+    let mut rest = keyword(stmt, "SET")?;
     if keyword(rest, "LOCAL").is_some() {
-        return Ok(None);
+        return Some(SettingChange::Local);
     }
     if let Some(r) = keyword(rest, "SESSION") {
         if keyword(r, "AUTHORIZATION").is_some() || keyword(r, "CHARACTERISTICS").is_some() {
-            return Err(());
+            return None;
         }
         rest = r;
     }
     if keyword(rest, "TRANSACTION").is_some() || keyword(rest, "ROLE").is_some() || keyword(rest, "CONSTRAINTS").is_some() {
-        return Err(());
+        return None;
     }
     let (name, value) = if let Some(v) = keyword(rest, "TIME").and_then(|r| keyword(r, "ZONE")) {
         ("timezone".to_owned(), v)
     } else {
-        let (name, tail) = setting_name(rest).ok_or(())?;
-        let value = keyword(tail, "TO").or_else(|| tail.strip_prefix('=')).ok_or(())?;
+        let (name, tail) = setting_name(rest)?;
+        let value = keyword(tail, "TO").or_else(|| tail.strip_prefix('='))?;
         (name, value.trim())
     };
     if value.is_empty() {
-        return Err(());
+        return None;
     }
     if value.eq_ignore_ascii_case("DEFAULT") || value.eq_ignore_ascii_case("LOCAL") && name == "timezone" {
-        return Ok(Some(SettingChange::Reset { name }));
+        return Some(SettingChange::Reset { name });
     }
-    Ok(Some(SettingChange::Set { name, value: value.to_owned() }))
+    Some(SettingChange::Set { name, value: value.to_owned() })
 }
 
-/// The changes a simple query makes, if it consists only of SET / RESET statements.
+/// What each statement of a simple query does, if it consists only of SET / RESET statements,
+/// one entry per statement; `None` for any other query, or one that changes nothing (only SET
+/// LOCAL).
 pub fn parse_query(sql: &str) -> Option<Vec<SettingChange>> {
     let head = strip(sql);
     if ["SET", "RESET", "DISCARD", "DEALLOCATE"].iter().all(|k| keyword(head, k).is_none()) {
         return None;
     }
-    let mut out = Vec::new();
-    for stmt in statements(sql)? {
-        if let Some(c) = change(stmt).ok()? {
-            out.push(c);
-        }
-    }
-    (!out.is_empty()).then_some(out)
+    let out = statements(sql)?.into_iter().map(change).collect::<Option<Vec<_>>>()?;
+    out.iter().any(|c| *c != SettingChange::Local).then_some(out)
 }
 
 #[derive(Debug)]
@@ -254,17 +249,44 @@ impl SettingTracker {
     }
 }
 
+/// A simple query as sluice sends it in place of the client's.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The query text.
+    pub sql: String,
+    /// What each of its statements does, in order.
+    pub changes: Vec<SettingChange>,
+    /// Per statement: sluice added it, and its CommandComplete is not the client's.
+    pub internal: Vec<bool>,
+}
+
+impl Rewritten {
+    fn push(&mut self, stmt: &str, change: SettingChange, internal: bool) {
+        self.sql.push_str(stmt);
+        if stmt.contains("--") {
+            // A comment running to the end of the statement must not swallow the semicolon.
+            self.sql.push('\n');
+        }
+        self.sql.push(';');
+        self.changes.push(change);
+        self.internal.push(internal);
+    }
+
+    fn set_startup(&mut self, name: &str, value: &str) {
+        let mut literal = String::new();
+        super::params::push_literal(&mut literal, value);
+        let stmt = format!("SET {name} TO {literal}");
+        self.push(&stmt, SettingChange::Set { name: name.to_ascii_lowercase(), value: literal }, true);
+    }
+}
+
 /// A RESET returns a setting to the value the session started with, which for a client of
 /// sluice includes its startup parameters, unknown to the server connection it runs on. When
-/// `changes` reset something the client set at startup, returns the query to send instead (the
-/// startup values set explicitly) and the changes it makes.
-/// With `force`, the query is rendered from `changes` even when no RESET needs it (a DEALLOCATE
-/// was renamed).
-pub fn rewrite_resets(
-    changes: &[SettingChange],
-    startup: &ParamSet,
-    force: bool,
-) -> Option<(String, Vec<SettingChange>)> {
+/// `changes` (those of `sql`, as [`parse_query`] gave them) reset something the client set at
+/// startup, returns the query to send instead: the client's statements as written, each RESET
+/// followed by statements of sluice's own that set the startup values again.
+/// With `force`, the query is rendered even when no RESET needs it (a DEALLOCATE was renamed).
+pub fn rewrite_resets(sql: &str, changes: &[SettingChange], startup: &ParamSet, force: bool) -> Option<Rewritten> {
     let affected = changes.iter().any(|c| match c {
         SettingChange::Reset { name } => startup.get(name).is_some(),
         SettingChange::ResetAll => !startup.is_empty(),
@@ -273,54 +295,33 @@ pub fn rewrite_resets(
     if !affected && !force {
         return None;
     }
-    let mut sql = String::new();
-    let mut out = Vec::new();
-    let set_startup = |sql: &mut String, out: &mut Vec<SettingChange>, name: &str, value: &str| {
-        sql.push_str("SET ");
-        sql.push_str(name);
-        sql.push_str(" TO ");
-        let start = sql.len();
-        super::params::push_literal(sql, value);
-        out.push(SettingChange::Set { name: name.to_ascii_lowercase(), value: sql[start..].to_owned() });
-        sql.push(';');
-    };
-    for c in changes {
+    let stmts = statements(sql)?;
+    if stmts.len() != changes.len() {
+        return None;
+    }
+    let mut out = Rewritten::default();
+    for (stmt, c) in stmts.into_iter().zip(changes) {
         match c {
-            SettingChange::Set { name, value } => {
-                sql.push_str(&format!("SET {name} TO {value};"));
-                out.push(c.clone());
+            SettingChange::Deallocate { name } if change(stmt).as_ref() != Some(c) => {
+                out.push(&format!("DEALLOCATE {name}"), c.clone(), false);
             }
-            SettingChange::Reset { name } => match startup.get(name) {
-                Some(v) => set_startup(&mut sql, &mut out, name, v),
-                None => {
-                    sql.push_str(&format!("RESET {name};"));
-                    out.push(c.clone());
+            _ => out.push(stmt, c.clone(), false),
+        }
+        match c {
+            SettingChange::Reset { name } => {
+                if let Some(v) = startup.get(name) {
+                    out.set_startup(name, v);
                 }
-            },
+            }
             SettingChange::ResetAll => {
-                sql.push_str("RESET ALL;");
-                out.push(c.clone());
                 for (k, v) in startup.iter() {
-                    set_startup(&mut sql, &mut out, k, v);
+                    out.set_startup(k, v);
                 }
             }
-            // Not combined with RESET in one query by parse_query's callers in practice; keep
-            // them as written.
-            SettingChange::DiscardAll => {
-                sql.push_str("DISCARD ALL;");
-                out.push(c.clone());
-            }
-            SettingChange::DeallocateAll => {
-                sql.push_str("DEALLOCATE ALL;");
-                out.push(c.clone());
-            }
-            SettingChange::Deallocate { name } => {
-                sql.push_str(&format!("DEALLOCATE {name};"));
-                out.push(c.clone());
-            }
+            _ => {}
         }
     }
-    Some((sql, out))
+    Some(out)
 }
 
 /// What the server's statements and the client's need after changes took effect.
@@ -373,6 +374,7 @@ pub fn apply(
             }
             SettingChange::DeallocateAll => effects.forget_all = true,
             SettingChange::Deallocate { name } => effects.forget.push(name),
+            SettingChange::Local => {}
         }
     }
     effects
@@ -383,17 +385,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resets_of_startup_settings_become_sets_of_the_startup_values() {
+    fn resets_of_startup_settings_are_followed_by_sets_of_the_startup_values() {
         let mut startup = ParamSet::default();
         startup.set("TimeZone", "Asia/Tokyo");
-        let changes = parse_query("RESET timezone; RESET work_mem").unwrap();
-        let (sql, out) = rewrite_resets(&changes, &startup, false).unwrap();
-        assert_eq!(sql, "SET timezone TO E'Asia/Tokyo';RESET work_mem;");
-        assert_eq!(out.len(), 2);
-        assert_eq!(parse_query(&sql).unwrap(), out);
-        assert!(rewrite_resets(&parse_query("RESET work_mem").unwrap(), &startup, false).is_none());
-        let (sql, _) = rewrite_resets(&[SettingChange::ResetAll], &startup, false).unwrap();
-        assert_eq!(sql, "RESET ALL;SET TimeZone TO E'Asia/Tokyo';");
+        let sql = "RESET timezone; set local work_mem = '1MB'; RESET work_mem";
+        let changes = parse_query(sql).unwrap();
+        let out = rewrite_resets(sql, &changes, &startup, false).unwrap();
+        assert_eq!(out.sql, "RESET timezone;SET timezone TO E'Asia/Tokyo';set local work_mem = '1MB';RESET work_mem;");
+        assert_eq!(out.internal, [false, true, false, false]);
+        assert_eq!(parse_query(&out.sql).unwrap(), out.changes);
+        assert!(rewrite_resets("RESET work_mem", &[SettingChange::Reset { name: "work_mem".into() }], &startup, false).is_none());
+        let out = rewrite_resets("reset all -- all of it", &[SettingChange::ResetAll], &startup, false).unwrap();
+        assert_eq!(out.sql, "reset all -- all of it\n;SET TimeZone TO E'Asia/Tokyo';");
+        assert_eq!(out.internal, [false, true]);
+        // SET ... TO DEFAULT keeps its own form (and so its command tag).
+        let out = rewrite_resets("set timezone to default", &[SettingChange::Reset { name: "timezone".into() }], &startup, false).unwrap();
+        assert_eq!(out.sql, "set timezone to default;SET timezone TO E'Asia/Tokyo';");
+    }
+
+    #[test]
+    fn a_renamed_deallocate_is_rendered_with_the_server_name() {
+        let changes = [SettingChange::Deallocate { name: "sluice_4".into() }, SettingChange::Local];
+        let out = rewrite_resets("DEALLOCATE s1; SET LOCAL a = 1", &changes, &ParamSet::default(), true).unwrap();
+        assert_eq!(out.sql, "DEALLOCATE sluice_4;SET LOCAL a = 1;");
+        assert_eq!(out.internal, [false, false]);
     }
 
     #[test]
@@ -431,6 +446,7 @@ mod tests {
             parse_query("SET a.b = 1; SET c = 'two'"),
             Some(vec![set("a.b", "1"), set("c", "'two'")])
         );
+        assert_eq!(parse_query("SET LOCAL a = 1; SET c = 2"), Some(vec![SettingChange::Local, set("c", "2")]));
         assert_eq!(parse_query("DISCARD ALL"), Some(vec![SettingChange::DiscardAll]));
         assert_eq!(parse_query("deallocate prepare all"), Some(vec![SettingChange::DeallocateAll]));
         assert_eq!(parse_query("DEALLOCATE s1"), Some(vec![SettingChange::Deallocate { name: "s1".into() }]));

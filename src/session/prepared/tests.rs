@@ -228,3 +228,23 @@ fn a_copy_start_forgets_only_the_syncs_the_server_ignored() {
     f.reply(b'Z');
     assert!(f.queue.is_empty());
 }
+
+#[test]
+fn the_completions_of_statements_sluice_added_to_a_query_are_swallowed() {
+    let mut f = Fixture::new(10);
+    f.queue.rewritten_query(&[false, true, true, false]);
+    assert!(!f.queue.swallows(b'C'));
+    assert_eq!(f.reply(b'C'), ServerAction::Forward);
+    assert!(f.queue.swallows(b'C'));
+    assert_eq!(f.reply(b'C'), ServerAction::Swallow);
+    assert_eq!(f.reply(b'C'), ServerAction::Swallow);
+    assert_eq!(f.reply(b'S'), ServerAction::Forward, "ParameterStatus passes");
+    assert_eq!(f.reply(b'C'), ServerAction::Forward);
+    assert_eq!(f.reply(b'Z'), ServerAction::Forward);
+    assert!(f.queue.is_empty());
+    // An error ends the query: nothing more is swallowed, the ReadyForQuery ends the entry.
+    f.queue.rewritten_query(&[false, true]);
+    assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    assert_eq!(f.reply(b'Z'), ServerAction::Forward);
+    assert!(f.queue.is_empty());
+}
