@@ -12,6 +12,10 @@
 //! a simple query), it keeps a queue of the responses each server connection still owes, so that
 //! its own ParseComplete and CloseComplete go to the client exactly where Postgres would have
 //! sent them, and the responses to its own messages are not passed on.
+//!
+//! sluice answers a Parse itself only when the transaction it runs in cannot have failed;
+//! otherwise the server parses the text under a throwaway name, and refuses it as it would have
+//! refused the client's.
 
 use crate::protocol::ProtocolError;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,6 +26,10 @@ use std::sync::Arc;
 
 /// Server-side statement names start with this.
 pub const SERVER_PREFIX: &str = "sluice_";
+
+/// The throwaway name under which the server parses a text it already has, when only it can
+/// say whether the Parse is refused (the transaction may have failed).
+const PROBE_NAME: &str = "sluice_probe";
 
 /// Pooler-wide names for statement texts.
 #[derive(Debug, Default)]
@@ -381,6 +389,9 @@ pub struct Statements<'a> {
     pub queue: &'a mut ResponseQueue,
     /// Pooler-wide names.
     pub registry: &'a StatementRegistry,
+    /// The next message may run in a failed transaction (the last ReadyForQuery said so, or
+    /// earlier requests are unanswered): sluice must not answer a Parse for the server.
+    pub may_have_failed: bool,
 }
 
 fn cstr_end(body: &[u8], from: usize, what: &'static str) -> Result<usize, ProtocolError> {
@@ -452,6 +463,15 @@ impl Statements<'_> {
         self.queue.push(Expect::Parse { name: stmt.server_name.clone(), swallow });
     }
 
+    /// Has the server parse `stmt`'s text under a throwaway name and drop it again: it answers
+    /// ParseComplete, or refuses the text as it would refuse the client's Parse.
+    fn probe(&mut self, stmt: &Statement, out: &mut BytesMut) {
+        put_message(out, b'P', &[PROBE_NAME.as_bytes(), b"\0", &stmt.spec]);
+        self.queue.push(Expect::Parse { name: Arc::from(PROBE_NAME), swallow: false });
+        put_message(out, b'C', &[b"S", PROBE_NAME.as_bytes(), b"\0"]);
+        self.queue.push(Expect::EvictClose);
+    }
+
     fn parse(&mut self, body: &[u8], out: &mut BytesMut) -> Result<Rewrite, ProtocolError> {
         let end = cstr_end(body, 0, "Parse")?;
         if end == 0 {
@@ -461,10 +481,12 @@ impl Statements<'_> {
         let name = name_str(&body[..end], "Parse")?.to_owned();
         let spec = Bytes::copy_from_slice(&body[end + 1..]);
         let stmt = Statement { server_name: self.registry.name_for(&spec), spec };
-        if self.server.touch(&stmt.server_name) {
-            self.queue.push(Expect::Synthetic(b'1'));
-        } else {
+        if !self.server.touch(&stmt.server_name) {
             self.prepare(&stmt, false, out);
+        } else if self.may_have_failed {
+            self.probe(&stmt, out);
+        } else {
+            self.queue.push(Expect::Synthetic(b'1'));
         }
         self.client.by_name.insert(name, stmt);
         Ok(Rewrite::Replaced)

@@ -169,6 +169,7 @@ impl ClientSide<'_> {
             return Flow::Continue;
         };
         let before = self.out.len();
+        st.may_have_failed = self.tracker.pending() > 0 || self.tracker.status() == TransactionStatus::Failed;
         let rewrite = if action == ClientAction::ForwardIgnored {
             Ok(Rewrite::AsIs)
         } else if replaced_query {
@@ -538,6 +539,7 @@ impl Relay<'_> {
                     server: &mut s.statements,
                     queue: &mut s.responses,
                     registry,
+                    may_have_failed: false,
                 });
                 let mut insp = ClientSide {
                     tracker: &mut s.tracker,

@@ -22,6 +22,7 @@ struct Fixture {
     client: ClientStatements,
     server: ServerStatements,
     queue: ResponseQueue,
+    may_have_failed: bool,
 }
 
 impl Fixture {
@@ -31,6 +32,7 @@ impl Fixture {
             client: ClientStatements::default(),
             server: ServerStatements::new(cap),
             queue: ResponseQueue::default(),
+            may_have_failed: false,
         }
     }
 
@@ -41,6 +43,7 @@ impl Fixture {
             server: &mut self.server,
             queue: &mut self.queue,
             registry: &self.registry,
+            may_have_failed: self.may_have_failed,
         };
         let r = st.client_message(tag, body, &mut out).unwrap();
         (r, out)
@@ -189,7 +192,13 @@ fn an_error_inside_a_simple_query_does_not_skip_later_entries() {
 fn malformed_bodies_are_errors_not_panics() {
     let mut f = Fixture::new(2);
     let mut out = BytesMut::new();
-    let mut st = Statements { client: &mut f.client, server: &mut f.server, queue: &mut f.queue, registry: &f.registry };
+    let mut st = Statements {
+        client: &mut f.client,
+        server: &mut f.server,
+        queue: &mut f.queue,
+        registry: &f.registry,
+        may_have_failed: false,
+    };
     for (tag, body) in [(b'P', &b"no-nul"[..]), (b'B', b"\0"), (b'D', b""), (b'C', b"S")] {
         assert!(st.client_message(tag, body, &mut out).is_err());
     }
@@ -245,6 +254,31 @@ fn the_completions_of_statements_sluice_added_to_a_query_are_swallowed() {
     // An error ends the query: nothing more is swallowed, the ReadyForQuery ends the entry.
     f.queue.rewritten_query(&[false, true]);
     assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    assert_eq!(f.reply(b'Z'), ServerAction::Forward);
+    assert!(f.queue.is_empty());
+}
+
+#[test]
+fn a_parse_in_a_transaction_that_may_have_failed_is_left_to_the_server() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("a", "select 1"));
+    f.reply(b'1');
+    f.may_have_failed = true;
+    let (r, out) = f.send(b'P', &parse_body("b", "select 1"));
+    assert_eq!(r, Rewrite::Replaced);
+    assert_eq!(tags(&out), b"PC", "parsed under a throwaway name, then closed");
+    assert!(out.windows(12).any(|w| w == b"sluice_probe"));
+    f.send(b'S', &[]);
+    // Refused (25P02): the Close is skipped, the error and ReadyForQuery go to the client.
+    assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    assert_eq!(f.reply(b'Z'), ServerAction::Forward);
+    assert!(f.queue.is_empty());
+    assert!(f.server.touch("sluice_0"), "the shared statement stays prepared");
+    // Accepted: its ParseComplete is the client's, the CloseComplete is sluice's.
+    f.send(b'P', &parse_body("c", "select 1"));
+    f.send(b'S', &[]);
+    assert_eq!(f.reply(b'1'), ServerAction::Forward);
+    assert_eq!(f.reply(b'3'), ServerAction::Swallow);
     assert_eq!(f.reply(b'Z'), ServerAction::Forward);
     assert!(f.queue.is_empty());
 }
