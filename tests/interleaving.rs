@@ -1017,7 +1017,6 @@ async fn setting_after(proxy: &Proxy, steps: &str, setting: &str) -> (String, St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "sluice bug: a session SET undone by ROLLBACK TO SAVEPOINT is replayed for the client after its transaction commits"]
 async fn a_set_undone_by_rollback_to_savepoint_does_not_stick_to_the_client() {
     let db = unique_db("set_savepoint");
     let proxy = start_proxy(&db, "[pool]\nsize = 1").await;
@@ -1029,11 +1028,10 @@ async fn a_set_undone_by_rollback_to_savepoint_does_not_stick_to_the_client() {
     .await;
     // On Postgres the SET is undone with its savepoint: both see the default.
     assert_eq!(b, "4MB", "the other client");
-    assert_eq!(a, "4MB", "the client whose SET was rolled back (sluice today: 21MB)");
+    assert_eq!(a, "4MB", "the client whose SET was rolled back (sluice once kept 21MB)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "sluice bug: a session SET in a transaction that recovered from an error with ROLLBACK TO SAVEPOINT and committed is forgotten, and leaks to the next client"]
 async fn a_set_in_a_transaction_that_recovered_at_a_savepoint_holds_for_its_client_only() {
     let db = unique_db("set_recovered");
     let proxy = start_proxy(&db, "[pool]\nsize = 1").await;
@@ -1044,7 +1042,7 @@ async fn a_set_in_a_transaction_that_recovered_at_a_savepoint_holds_for_its_clie
     )
     .await;
     // On Postgres the transaction commits and the SET holds for its session only.
-    assert_eq!(b, "0", "the other client must not see it (sluice today: 103s)");
+    assert_eq!(b, "0", "the other client must not see it (sluice once leaked 103s)");
     assert_eq!(a, "103s", "the client that set it");
 }
 

@@ -17,6 +17,9 @@ pub const TRACKED_REPORTED: &[&str] = &[
     "default_transaction_read_only",
 ];
 
+/// The value of a parameter marked unknown: no SQL text or startup value contains a NUL.
+const UNKNOWN: &str = "\0";
+
 /// Startup keys that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "replication", "options"];
 
@@ -130,6 +133,13 @@ impl ParamSet {
             }
         }
         out
+    }
+
+    /// Marks a parameter's value as unknown: it then differs from any value a client can have,
+    /// so [`ParamSet::diff_sql`] towards any target sets (or resets) it again. For a server's set,
+    /// never a target.
+    pub fn mark_unknown(&mut self, name: &str) {
+        self.put(name, UNKNOWN, true);
     }
 
     /// Removes every parameter that is not a tracked reported one.
@@ -276,6 +286,16 @@ mod tests {
         assert!(server.diff_sql(&client).is_some());
         client.retain_reported();
         assert!(client.is_empty());
+    }
+
+    #[test]
+    fn a_value_marked_unknown_is_set_again_for_any_target() {
+        let mut server = set(&[("work_mem", "8MB")]);
+        server.mark_unknown("work_mem");
+        server.mark_unknown("statement_timeout");
+        let client = set(&[("work_mem", "8MB")]);
+        assert_eq!(server.diff_sql(&client).unwrap(), "SET work_mem TO E'8MB';RESET statement_timeout;");
+        assert!(server.diff_sql(&server.clone()).is_none(), "only ever compared, never a target");
     }
 
     #[test]

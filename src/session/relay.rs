@@ -158,7 +158,7 @@ impl ClientSide<'_> {
                         changes = rewritten.changes;
                         internal = rewritten.internal;
                     }
-                    settings.query_sent(self.tracker.asked(), changes);
+                    settings.query_sent(self.tracker.asked(), changes, internal.clone());
                 }
             }
         }
@@ -243,11 +243,11 @@ impl Inspect for ServerSide<'_> {
         if let Some(settings) = self.settings.as_mut().filter(|s| !s.is_idle()) {
             match tag {
                 b'E' => settings.error(self.tracker.answered() + 1),
-                b'C' => settings.command_complete(body),
+                b'C' => settings.command_complete(self.tracker.answered() + 1, body),
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
-                    let changes = settings.ready(self.tracker.answered() + 1, status);
-                    let effects = setting::apply(changes, self.client_params, self.server_params, self.startup);
+                    let settled = settings.ready(self.tracker.answered() + 1, status);
+                    let effects = setting::apply(settled, self.client_params, self.server_params, self.startup);
                     if effects.forget_all {
                         self.statements.clear();
                     }

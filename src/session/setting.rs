@@ -1,8 +1,8 @@
 //! Session settings a client changes with SET and RESET in simple-protocol queries, so that
 //! they follow the client to whatever server connection it lands on in transaction mode. Pure:
-//! a small parser for queries made only of SET / RESET statements, and a tracker that decides,
-//! from the server's responses, which of them took effect (not a failed one, not one rolled back
-//! with its transaction, never SET LOCAL).
+//! a small parser for queries made only of SET / RESET (and savepoint) statements, and a tracker
+//! that decides, from the server's responses, which of them took effect (not a failed one, not
+//! one rolled back with its transaction or to a savepoint before it, never SET LOCAL).
 
 use super::params::ParamSet;
 use std::collections::VecDeque;
@@ -31,6 +31,21 @@ pub enum SettingChange {
     /// `DEALLOCATE name` (after rewriting: the server-side name).
     Deallocate {
         /// The statement name.
+        name: String,
+    },
+    /// `SAVEPOINT name`.
+    Savepoint {
+        /// The savepoint name (folded to lower case unless quoted).
+        name: String,
+    },
+    /// `RELEASE [SAVEPOINT] name`.
+    Release {
+        /// The savepoint name.
+        name: String,
+    },
+    /// `ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name`.
+    RollbackTo {
+        /// The savepoint name.
         name: String,
     },
     /// `SET LOCAL`: it ends with its transaction, so there is nothing to carry.
@@ -111,8 +126,50 @@ fn setting_name(s: &str) -> Option<(String, &str)> {
     (super::params::valid_name(name)).then(|| (name.to_ascii_lowercase(), s[end..].trim_start()))
 }
 
-/// Reads one statement; `None` for anything that is not a SET or RESET sluice understands.
+/// A savepoint name, alone: an identifier, folded to lower case unless quoted.
+fn savepoint_name(s: &str) -> Option<String> {
+    let s = s.trim();
+    if let Some(rest) = s.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c != '"' {
+                name.push(c);
+            } else if rest[i + 1..].starts_with('"') {
+                name.push('"');
+                chars.next();
+            } else {
+                return (!name.is_empty() && rest[i + 1..].trim().is_empty()).then_some(name);
+            }
+        }
+        return None;
+    }
+    let plain = s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        && s.starts_with(|c: char| c.is_alphabetic() || c == '_');
+    plain.then(|| s.to_ascii_lowercase())
+}
+
+/// `rest` after an optional `SAVEPOINT` keyword (which may also be the name itself).
+fn after_savepoint_keyword(rest: &str) -> &str {
+    keyword(rest, "SAVEPOINT").filter(|r| !r.is_empty()).unwrap_or(rest)
+}
+
+/// Reads one statement; `None` for anything that is not a SET, RESET or savepoint statement
+/// sluice understands.
 fn change(stmt: &str) -> Option<SettingChange> {
+    if let Some(rest) = keyword(stmt, "SAVEPOINT") {
+        return savepoint_name(rest).map(|name| SettingChange::Savepoint { name });
+    }
+    if let Some(rest) = keyword(stmt, "RELEASE") {
+        return savepoint_name(after_savepoint_keyword(rest)).map(|name| SettingChange::Release { name });
+    }
+    if let Some(mut rest) = keyword(stmt, "ROLLBACK") {
+        if let Some(r) = keyword(rest, "WORK").or_else(|| keyword(rest, "TRANSACTION")) {
+            rest = r;
+        }
+        let rest = after_savepoint_keyword(keyword(rest, "TO")?);
+        return savepoint_name(rest).map(|name| SettingChange::RollbackTo { name });
+    }
     if let Some(rest) = keyword(stmt, "DISCARD") {
         return keyword(rest, "ALL").is_some_and(str::is_empty).then_some(SettingChange::DiscardAll);
     }
@@ -163,51 +220,109 @@ fn change(stmt: &str) -> Option<SettingChange> {
     Some(SettingChange::Set { name, value: value.to_owned() })
 }
 
-/// What each statement of a simple query does, if it consists only of SET / RESET statements,
-/// one entry per statement; `None` for any other query, or one that changes nothing (only SET
-/// LOCAL).
+/// What each statement of a simple query does, if it consists only of SET / RESET (and
+/// savepoint) statements, one entry per statement; `None` for any other query, or one that
+/// changes nothing (only SET LOCAL).
 pub fn parse_query(sql: &str) -> Option<Vec<SettingChange>> {
     let head = strip(sql);
-    if ["SET", "RESET", "DISCARD", "DEALLOCATE"].iter().all(|k| keyword(head, k).is_none()) {
+    if ["SET", "RESET", "DISCARD", "DEALLOCATE", "SAVEPOINT", "RELEASE", "ROLLBACK"]
+        .iter()
+        .all(|k| keyword(head, k).is_none())
+    {
         return None;
     }
     let out = statements(sql)?.into_iter().map(change).collect::<Option<Vec<_>>>()?;
     out.iter().any(|c| *c != SettingChange::Local).then_some(out)
 }
 
+/// A tracked query waiting for its ReadyForQuery.
 #[derive(Debug)]
 struct Pending {
     /// The ReadyForQuery (by sequence number) that ends the query.
     ready_seq: u64,
+    /// What each statement of the query (as sent) does.
     changes: Vec<SettingChange>,
+    /// Per statement: sluice added it (its CommandComplete never reaches the tracker).
+    internal: Vec<bool>,
+    /// Statements known to have completed.
+    completed: usize,
     failed: bool,
 }
 
+impl Pending {
+    /// A client statement completed, and with it the statements sluice added after it.
+    fn complete_one(&mut self) {
+        if self.completed < self.changes.len() {
+            self.completed += 1;
+            while self.internal.get(self.completed).copied().unwrap_or(false) {
+                self.completed += 1;
+            }
+        }
+    }
+}
+
+/// Where a savepoint level of a transaction block begins.
+#[derive(Debug, PartialEq, Eq)]
+enum Mark {
+    /// The block itself.
+    Begin,
+    /// A savepoint sluice saw created.
+    Savepoint(String),
+    /// A savepoint created by a statement sluice does not parse (its name is unknown).
+    Unseen,
+}
+
+/// The changes made at one savepoint level of the open transaction block.
+#[derive(Debug)]
+struct Level {
+    mark: Mark,
+    changes: Vec<SettingChange>,
+}
+
+/// Changes that now hold for the session.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// In the order they were made.
+    pub changes: Vec<SettingChange>,
+    /// The transaction they were made in also undid work to a savepoint sluice could not
+    /// follow: some of them may not hold after all.
+    pub unsure: bool,
+}
+
 /// Decides which tracked SET / RESET statements took effect.
+///
+/// Inside a transaction block it keeps the changes per savepoint level: ROLLBACK TO drops the
+/// ones made since the savepoint, RELEASE merges them into the level below, and only a COMMIT
+/// makes them hold. A block that ends otherwise (ROLLBACK, a failed COMMIT) holds nothing.
 #[derive(Debug, Default)]
 pub struct SettingTracker {
     pending: VecDeque<Pending>,
-    /// Changes made inside a still-open transaction block.
-    in_block: Vec<SettingChange>,
-    /// The block's last CommandComplete was COMMIT.
-    committed: bool,
+    /// The open transaction block's levels, outermost first; empty when no block holds
+    /// anything to track.
+    levels: Vec<Level>,
+    /// A ROLLBACK TO sluice could not place happened in the open block.
+    unsure: bool,
+    /// Changes that took effect, delivered at the next ReadyForQuery.
+    done: Settled,
 }
 
 impl SettingTracker {
     /// Whether anything is waiting on server responses.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty() && self.in_block.is_empty()
+        self.pending.is_empty() && self.levels.is_empty() && self.done.changes.is_empty()
     }
 
     /// A query of SET / RESET statements went to the server; its ReadyForQuery will be the
-    /// `ready_seq`-th.
-    pub fn query_sent(&mut self, ready_seq: u64, changes: Vec<SettingChange>) {
-        self.pending.push_back(Pending { ready_seq, changes, failed: false });
+    /// `ready_seq`-th. `changes` has one entry per statement as sent; `internal` (empty, or as
+    /// long) marks the statements sluice added.
+    pub fn query_sent(&mut self, ready_seq: u64, changes: Vec<SettingChange>, internal: Vec<bool>) {
+        self.pending.push_back(Pending { ready_seq, changes, internal, completed: 0, failed: false });
     }
 
-    /// Whether CommandComplete bodies are needed (to tell COMMIT from ROLLBACK).
+    /// Whether CommandComplete bodies are needed (to tell COMMIT from ROLLBACK, and to see
+    /// savepoints that sluice does not track).
     pub fn wants_command_tags(&self) -> bool {
-        !self.in_block.is_empty()
+        !self.levels.is_empty()
     }
 
     /// An ErrorResponse arrived before the `ready_seq`-th ReadyForQuery.
@@ -217,35 +332,113 @@ impl SettingTracker {
         }
     }
 
-    /// A CommandComplete arrived (its tag text).
-    pub fn command_complete(&mut self, tag: &[u8]) {
-        self.committed = tag.starts_with(b"COMMIT");
+    /// A CommandComplete arrived before the `ready_seq`-th ReadyForQuery (its tag text, or
+    /// nothing when [`SettingTracker::wants_command_tags`] said no).
+    pub fn command_complete(&mut self, ready_seq: u64, tag: &[u8]) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.ready_seq == ready_seq) {
+            p.complete_one();
+            return;
+        }
+        if self.levels.is_empty() {
+            return;
+        }
+        // A statement sluice does not track, inside a block that holds changes.
+        if tag.starts_with(b"COMMIT") {
+            // COMMIT (AND CHAIN): the block's changes hold. A failed block's COMMIT says ROLLBACK.
+            for level in self.levels.drain(..) {
+                self.done.changes.extend(level.changes);
+            }
+            self.done.unsure |= std::mem::take(&mut self.unsure);
+        } else if tag.starts_with(b"SAVEPOINT") {
+            self.levels.push(Level { mark: Mark::Unseen, changes: Vec::new() });
+        } else if tag.starts_with(b"ROLLBACK") {
+            // The whole block (the ReadyForQuery says Idle, and everything is dropped), or back
+            // to some savepoint: which one is not known.
+            self.unsure = true;
+        }
     }
 
     /// The `ready_seq`-th ReadyForQuery arrived with `status` ('I', 'T', 'E'); returns the changes
     /// that now hold for the session.
-    pub fn ready(&mut self, ready_seq: u64, status: u8) -> Vec<SettingChange> {
-        let mut done = Vec::new();
+    pub fn ready(&mut self, ready_seq: u64, status: u8) -> Settled {
         while self.pending.front().is_some_and(|p| p.ready_seq <= ready_seq) {
-            if let Some(p) = self.pending.pop_front() {
-                if !p.failed && p.ready_seq == ready_seq {
-                    match status {
-                        b'I' => done.extend(p.changes),
-                        b'T' => self.in_block.extend(p.changes),
-                        _ => {}
+            let Some(p) = self.pending.pop_front() else { break };
+            if p.ready_seq == ready_seq {
+                self.settle(p, status != b'I');
+            }
+        }
+        if status == b'I' && !self.levels.is_empty() {
+            // The block ended without a COMMIT: rolled back.
+            self.levels.clear();
+            self.unsure = false;
+        }
+        std::mem::take(&mut self.done)
+    }
+
+    /// Accounts for the statements of a query that ran (inside a block when `in_block`).
+    fn settle(&mut self, p: Pending, in_block: bool) {
+        // After an error, only the statements before it ran; outside a block the implicit
+        // transaction of the query undid them too, except what is not transactional.
+        let ran = if p.failed { p.completed } else { p.changes.len() };
+        for c in p.changes.into_iter().take(ran) {
+            match c {
+                SettingChange::Deallocate { .. } | SettingChange::DeallocateAll => self.done.changes.push(c),
+                _ if !in_block => {
+                    if !p.failed {
+                        self.done.changes.push(c);
+                    }
+                }
+                c => self.in_block(c),
+            }
+        }
+    }
+
+    /// A statement that took effect inside the open block.
+    fn in_block(&mut self, c: SettingChange) {
+        if self.levels.is_empty() {
+            self.levels.push(Level { mark: Mark::Begin, changes: Vec::new() });
+        }
+        match c {
+            SettingChange::Local => {}
+            SettingChange::Savepoint { name } => {
+                self.levels.push(Level { mark: Mark::Savepoint(name), changes: Vec::new() });
+            }
+            SettingChange::Release { name } => {
+                // Not found: a savepoint sluice did not see; releasing undoes nothing either way.
+                if let Some(i) = self.find(&name).filter(|&i| i > 0) {
+                    let above = self.levels.split_off(i);
+                    let below = &mut self.levels[i - 1].changes;
+                    for level in above {
+                        below.extend(level.changes);
                     }
                 }
             }
-        }
-        if status == b'I' && !self.in_block.is_empty() {
-            let block = std::mem::take(&mut self.in_block);
-            if self.committed {
-                done.extend(block);
+            SettingChange::RollbackTo { name } => match self.find(&name) {
+                Some(i) => {
+                    self.levels.truncate(i + 1);
+                    self.levels[i].changes.clear();
+                }
+                None => self.unsure = true,
+            },
+            c => {
+                if let Some(level) = self.levels.last_mut() {
+                    level.changes.push(c);
+                }
             }
-        } else if status == b'E' {
-            self.in_block.clear();
         }
-        done
+    }
+
+    /// The level of the latest savepoint called `name`; a savepoint sluice did not see on the
+    /// way may be the one meant, which makes the block unsure.
+    fn find(&mut self, name: &str) -> Option<usize> {
+        for (i, level) in self.levels.iter().enumerate().rev() {
+            match &level.mark {
+                Mark::Savepoint(n) if n == name => return Some(i),
+                Mark::Unseen => self.unsure = true,
+                _ => {}
+            }
+        }
+        None
     }
 }
 
@@ -335,15 +528,16 @@ pub struct StatementEffects {
 
 /// Applies changes that took effect to the client's settings and to those of the server
 /// connection they were made on. A RESET returns the client to its startup value, which the
-/// server connection (started without the client's startup parameters) does not have.
-pub fn apply(
-    changes: Vec<SettingChange>,
-    client: &mut ParamSet,
-    server: &mut ParamSet,
-    startup: &ParamSet,
-) -> StatementEffects {
+/// server connection (started without the client's startup parameters) does not have. When the
+/// changes are unsure, the server's values of every setting either side has are marked unknown,
+/// so that the next checkout sets them again whoever gets the connection.
+pub fn apply(settled: Settled, client: &mut ParamSet, server: &mut ParamSet, startup: &ParamSet) -> StatementEffects {
     let mut effects = StatementEffects::default();
-    for change in changes {
+    let mut unknown: Vec<String> = Vec::new();
+    if settled.unsure {
+        unknown.extend(server.iter().map(|(k, _)| k.to_owned()));
+    }
+    for change in settled.changes {
         match change {
             // Reported settings arrive as ParameterStatus and are kept from there.
             SettingChange::Set { name, .. } | SettingChange::Reset { name } if ParamSet::is_tracked(&name) => {}
@@ -357,6 +551,9 @@ pub fn apply(
                     Some(v) => client.set(&name, v),
                     None => client.remove(&name),
                 };
+                if settled.unsure {
+                    unknown.push(name);
+                }
             }
             SettingChange::ResetAll => {
                 server.retain_reported();
@@ -374,7 +571,16 @@ pub fn apply(
             }
             SettingChange::DeallocateAll => effects.forget_all = true,
             SettingChange::Deallocate { name } => effects.forget.push(name),
-            SettingChange::Local => {}
+            SettingChange::Savepoint { .. }
+            | SettingChange::Release { .. }
+            | SettingChange::RollbackTo { .. }
+            | SettingChange::Local => {}
+        }
+    }
+    if settled.unsure {
+        unknown.extend(client.iter().map(|(k, _)| k.to_owned()));
+        for name in unknown.iter().filter(|k| !ParamSet::is_tracked(k)) {
+            server.mark_unknown(name);
         }
     }
     effects
@@ -383,6 +589,18 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(name: &str, value: &str) -> SettingChange {
+        SettingChange::Set { name: name.into(), value: value.into() }
+    }
+
+    fn reset(name: &str) -> SettingChange {
+        SettingChange::Reset { name: name.into() }
+    }
+
+    fn sure(changes: Vec<SettingChange>) -> Settled {
+        Settled { changes, unsure: false }
+    }
 
     #[test]
     fn resets_of_startup_settings_are_followed_by_sets_of_the_startup_values() {
@@ -394,12 +612,12 @@ mod tests {
         assert_eq!(out.sql, "RESET timezone;SET timezone TO E'Asia/Tokyo';set local work_mem = '1MB';RESET work_mem;");
         assert_eq!(out.internal, [false, true, false, false]);
         assert_eq!(parse_query(&out.sql).unwrap(), out.changes);
-        assert!(rewrite_resets("RESET work_mem", &[SettingChange::Reset { name: "work_mem".into() }], &startup, false).is_none());
+        assert!(rewrite_resets("RESET work_mem", &[reset("work_mem")], &startup, false).is_none());
         let out = rewrite_resets("reset all -- all of it", &[SettingChange::ResetAll], &startup, false).unwrap();
         assert_eq!(out.sql, "reset all -- all of it\n;SET TimeZone TO E'Asia/Tokyo';");
         assert_eq!(out.internal, [false, true]);
         // SET ... TO DEFAULT keeps its own form (and so its command tag).
-        let out = rewrite_resets("set timezone to default", &[SettingChange::Reset { name: "timezone".into() }], &startup, false).unwrap();
+        let out = rewrite_resets("set timezone to default", &[reset("timezone")], &startup, false).unwrap();
         assert_eq!(out.sql, "set timezone to default;SET timezone TO E'Asia/Tokyo';");
     }
 
@@ -417,20 +635,30 @@ mod tests {
         startup.set("search_path", "s1");
         let (mut client, mut server) = (startup.clone(), ParamSet::default());
         server.set("search_path", "s1");
-        apply(vec![set("search_path", "s2"), set("work_mem", "'8MB'")], &mut client, &mut server, &startup);
+        apply(sure(vec![set("search_path", "s2"), set("work_mem", "'8MB'")]), &mut client, &mut server, &startup);
         assert_eq!(client.get("work_mem"), Some("'8MB'"));
         assert_eq!(server.diff_sql(&client), None);
-        apply(vec![SettingChange::Reset { name: "search_path".into() }], &mut client, &mut server, &startup);
+        apply(sure(vec![reset("search_path")]), &mut client, &mut server, &startup);
         assert_eq!(client.get("search_path"), Some("s1"));
         assert_eq!(server.get("search_path"), None);
         assert!(server.diff_sql(&client).is_some(), "the startup value is set again on the server");
-        apply(vec![SettingChange::ResetAll], &mut client, &mut server, &startup);
+        apply(sure(vec![SettingChange::ResetAll]), &mut client, &mut server, &startup);
         assert_eq!(client.get("work_mem"), None);
         assert_eq!(client.get("search_path"), Some("s1"));
     }
 
-    fn set(name: &str, value: &str) -> SettingChange {
-        SettingChange::Set { name: name.into(), value: value.into() }
+    #[test]
+    fn unsure_changes_leave_the_server_values_to_be_set_again() {
+        let startup = ParamSet::default();
+        let (mut client, mut server) = (ParamSet::default(), ParamSet::default());
+        server.set_sql("statement_timeout", "'5s'");
+        client.set_sql("statement_timeout", "'5s'");
+        apply(Settled { changes: vec![set("work_mem", "'8MB'")], unsure: true }, &mut client, &mut server, &startup);
+        assert_eq!(client.get("work_mem"), Some("'8MB'"));
+        let sql = server.diff_sql(&client).unwrap();
+        assert!(sql.contains("work_mem") && sql.contains("statement_timeout"), "{sql}");
+        let sql = server.diff_sql(&ParamSet::default()).unwrap();
+        assert_eq!(sql, "RESET statement_timeout;RESET work_mem;", "another client gets neither");
     }
 
     #[test]
@@ -439,8 +667,8 @@ mod tests {
         assert_eq!(parse_query("set statement_timeout = '5s';"), Some(vec![set("statement_timeout", "'5s'")]));
         assert_eq!(parse_query("SET SESSION myapp.tenant = 'x;y'"), Some(vec![set("myapp.tenant", "'x;y'")]));
         assert_eq!(parse_query("SET TIME ZONE 'UTC'"), Some(vec![set("timezone", "'UTC'")]));
-        assert_eq!(parse_query("RESET search_path"), Some(vec![SettingChange::Reset { name: "search_path".into() }]));
-        assert_eq!(parse_query("SET work_mem TO DEFAULT"), Some(vec![SettingChange::Reset { name: "work_mem".into() }]));
+        assert_eq!(parse_query("RESET search_path"), Some(vec![reset("search_path")]));
+        assert_eq!(parse_query("SET work_mem TO DEFAULT"), Some(vec![reset("work_mem")]));
         assert_eq!(parse_query(" reset all ; "), Some(vec![SettingChange::ResetAll]));
         assert_eq!(
             parse_query("SET a.b = 1; SET c = 'two'"),
@@ -454,11 +682,30 @@ mod tests {
     }
 
     #[test]
+    fn savepoint_statements_parse() {
+        let sp = |name: &str| SettingChange::Savepoint { name: name.into() };
+        let release = |name: &str| SettingChange::Release { name: name.into() };
+        let back = |name: &str| SettingChange::RollbackTo { name: name.into() };
+        assert_eq!(parse_query("SAVEPOINT Sp1"), Some(vec![sp("sp1")]));
+        assert_eq!(parse_query("savepoint \"Sp \"\"1\""), Some(vec![sp("Sp \"1")]));
+        assert_eq!(parse_query("RELEASE SAVEPOINT a"), Some(vec![release("a")]));
+        assert_eq!(parse_query("release a"), Some(vec![release("a")]));
+        assert_eq!(parse_query("release savepoint"), Some(vec![release("savepoint")]));
+        assert_eq!(parse_query("ROLLBACK TO SAVEPOINT a"), Some(vec![back("a")]));
+        assert_eq!(parse_query("rollback work to b"), Some(vec![back("b")]));
+        assert_eq!(parse_query("ROLLBACK TRANSACTION TO SAVEPOINT c; SET x = 1"), Some(vec![back("c"), set("x", "1")]));
+        for q in ["ROLLBACK", "rollback work", "ROLLBACK AND CHAIN", "SAVEPOINT", "SAVEPOINT a b", "RELEASE 1a"] {
+            assert_eq!(parse_query(q), None, "{q}");
+        }
+    }
+
+    #[test]
     fn anything_else_is_not_tracked() {
         for q in [
             "SELECT 1",
             "SET LOCAL work_mem = '1MB'",
             "SET search_path TO a; SELECT 1",
+            "SAVEPOINT a; SELECT 1",
             "SET ROLE admin",
             "SET SESSION AUTHORIZATION bob",
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
@@ -471,41 +718,152 @@ mod tests {
         }
     }
 
+    /// Sends `sql` as query `seq` and answers it with CommandCompletes and a ReadyForQuery with
+    /// `status`, all statements succeeding.
+    fn run(t: &mut SettingTracker, seq: u64, sql: &str, status: u8) -> Settled {
+        let changes = parse_query(sql).unwrap();
+        let n = changes.len();
+        t.query_sent(seq, changes, vec![]);
+        for _ in 0..n {
+            t.command_complete(seq, b"");
+        }
+        t.ready(seq, status)
+    }
+
+    /// An untracked statement answered with `tag` and a ReadyForQuery with `status`.
+    fn other(t: &mut SettingTracker, seq: u64, tag: &[u8], status: u8) -> Settled {
+        if !t.is_idle() {
+            t.command_complete(seq, if t.wants_command_tags() { tag } else { b"" });
+            return t.ready(seq, status);
+        }
+        Settled::default()
+    }
+
     #[test]
     fn an_autocommit_set_holds_at_its_ready_for_query() {
         let mut t = SettingTracker::default();
-        t.query_sent(1, vec![set("a", "1")]);
-        assert_eq!(t.ready(1, b'I'), vec![set("a", "1")]);
+        assert_eq!(run(&mut t, 1, "set a = 1", b'I'), sure(vec![set("a", "1")]));
         assert!(t.is_idle());
     }
 
     #[test]
     fn a_failed_set_does_not_hold() {
         let mut t = SettingTracker::default();
-        t.query_sent(1, vec![set("a", "1")]);
+        t.query_sent(1, vec![set("a", "1")], vec![]);
         t.error(1);
-        assert!(t.ready(1, b'I').is_empty());
+        assert!(t.ready(1, b'I').changes.is_empty());
+        // Nor does one before it in the same query: the query's implicit transaction is undone.
+        t.query_sent(2, vec![set("a", "1"), set("b", "2")], vec![]);
+        t.command_complete(2, b"");
+        t.error(2);
+        assert!(t.ready(2, b'I').changes.is_empty());
     }
 
     #[test]
     fn a_set_inside_a_transaction_holds_only_if_it_commits() {
         let mut t = SettingTracker::default();
-        t.query_sent(2, vec![set("a", "1")]);
-        assert!(t.ready(2, b'T').is_empty());
+        assert!(run(&mut t, 2, "set a = 1", b'T').changes.is_empty());
         assert!(t.wants_command_tags());
-        t.command_complete(b"COMMIT\0");
-        assert_eq!(t.ready(3, b'I'), vec![set("a", "1")]);
+        assert_eq!(other(&mut t, 3, b"COMMIT\0", b'I'), sure(vec![set("a", "1")]));
 
-        t.query_sent(5, vec![set("b", "2")]);
-        t.ready(5, b'T');
-        t.command_complete(b"ROLLBACK\0");
-        assert!(t.ready(6, b'I').is_empty());
+        run(&mut t, 5, "set b = 2", b'T');
+        assert!(other(&mut t, 6, b"ROLLBACK\0", b'I').changes.is_empty());
 
-        t.query_sent(8, vec![set("c", "3")]);
-        t.ready(8, b'T');
-        t.ready(9, b'E');
-        t.command_complete(b"ROLLBACK\0");
-        assert!(t.ready(10, b'I').is_empty());
+        run(&mut t, 8, "set c = 3", b'T');
+        other(&mut t, 9, b"SELECT 1\0", b'E');
+        assert!(other(&mut t, 10, b"ROLLBACK\0", b'I').changes.is_empty(), "COMMIT of a failed block says ROLLBACK");
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn a_set_undone_by_rollback_to_savepoint_does_not_hold() {
+        let mut t = SettingTracker::default();
+        run(&mut t, 1, "savepoint sp", b'T');
+        run(&mut t, 2, "set a = 1", b'T');
+        run(&mut t, 3, "rollback to savepoint sp", b'T');
+        run(&mut t, 4, "set b = 2", b'T');
+        assert_eq!(other(&mut t, 5, b"COMMIT\0", b'I'), sure(vec![set("b", "2")]));
+    }
+
+    #[test]
+    fn a_set_before_a_savepoint_survives_recovery_from_an_error() {
+        let mut t = SettingTracker::default();
+        run(&mut t, 1, "set a = 1", b'T');
+        run(&mut t, 2, "savepoint sp", b'T');
+        run(&mut t, 3, "set b = 2", b'T');
+        other(&mut t, 4, b"", b'E');
+        run(&mut t, 5, "rollback to sp", b'T');
+        assert_eq!(other(&mut t, 6, b"COMMIT\0", b'I'), sure(vec![set("a", "1")]));
+    }
+
+    #[test]
+    fn released_savepoints_merge_into_the_level_below() {
+        let mut t = SettingTracker::default();
+        run(&mut t, 1, "savepoint a", b'T');
+        run(&mut t, 2, "savepoint b; set x = 1; savepoint c; set y = 2", b'T');
+        run(&mut t, 3, "release b", b'T');
+        run(&mut t, 4, "set z = 3", b'T');
+        run(&mut t, 5, "rollback to savepoint a", b'T');
+        assert!(other(&mut t, 6, b"COMMIT\0", b'I').changes.is_empty());
+
+        run(&mut t, 7, "savepoint a", b'T');
+        run(&mut t, 8, "set x = 1; savepoint a; set y = 2", b'T');
+        run(&mut t, 9, "rollback to a", b'T');
+        run(&mut t, 10, "release a", b'T');
+        assert_eq!(other(&mut t, 11, b"COMMIT\0", b'I'), sure(vec![set("x", "1")]), "the latest `a` is meant");
+    }
+
+    #[test]
+    fn the_statements_before_an_error_in_a_block_count() {
+        let mut t = SettingTracker::default();
+        t.query_sent(1, parse_query("set a = 1; savepoint s; set b = 2; set c = x").unwrap(), vec![]);
+        for _ in 0..3 {
+            t.command_complete(1, b"");
+        }
+        t.error(1);
+        t.ready(1, b'E');
+        run(&mut t, 2, "rollback to s", b'T');
+        assert_eq!(other(&mut t, 3, b"COMMIT\0", b'I'), sure(vec![set("a", "1")]));
+    }
+
+    #[test]
+    fn the_statements_sluice_added_complete_with_the_one_before_them() {
+        let mut t = SettingTracker::default();
+        let changes = vec![reset("a"), set("a", "'x'"), reset("b"), set("b", "'y'")];
+        t.query_sent(1, changes, vec![false, true, false, true]);
+        t.command_complete(1, b"");
+        t.error(1);
+        t.ready(1, b'E');
+        run(&mut t, 2, "set c = 1", b'T');
+        assert_eq!(t.levels[0].changes, [reset("a"), set("a", "'x'"), set("c", "1")]);
+    }
+
+    #[test]
+    fn a_rollback_to_a_savepoint_sluice_did_not_see_makes_the_block_unsure() {
+        let mut t = SettingTracker::default();
+        run(&mut t, 1, "set a = 1", b'T');
+        other(&mut t, 2, b"SAVEPOINT\0", b'T');
+        run(&mut t, 3, "set b = 2", b'T');
+        other(&mut t, 4, b"ROLLBACK\0", b'T');
+        let settled = other(&mut t, 5, b"COMMIT\0", b'I');
+        assert!(settled.unsure);
+        assert_eq!(settled.changes, [set("a", "1"), set("b", "2")]);
+
+        run(&mut t, 6, "set a = 1", b'T');
+        run(&mut t, 7, "rollback to nowhere_seen", b'T');
+        assert!(other(&mut t, 8, b"COMMIT\0", b'I').unsure);
+
+        run(&mut t, 9, "set a = 1", b'T');
+        other(&mut t, 10, b"ROLLBACK\0", b'T');
+        assert_eq!(other(&mut t, 11, b"ROLLBACK\0", b'I'), Settled::default(), "a rolled-back block is sure");
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn deallocate_holds_even_when_its_transaction_rolls_back() {
+        let mut t = SettingTracker::default();
+        let done = run(&mut t, 1, "deallocate s1; set a = 1", b'T');
+        assert_eq!(done.changes, [SettingChange::Deallocate { name: "s1".into() }]);
+        assert!(other(&mut t, 2, b"ROLLBACK\0", b'I').changes.is_empty());
     }
 }
