@@ -1047,7 +1047,6 @@ async fn a_set_in_a_transaction_that_recovered_at_a_savepoint_holds_for_its_clie
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "sluice bug: a statement whose lazy Parse failed in a pipeline is then Bound without a Parse (26000, sluice's own name)"]
 async fn a_statement_used_twice_in_a_pipeline_of_a_failed_transaction_gets_25p02_both_times() {
     let db = unique_db("pipeline_failed_tx");
     // One prepared statement per server connection, so preparing `a` evicts `b` from the
@@ -1075,8 +1074,8 @@ async fn a_statement_used_twice_in_a_pipeline_of_a_failed_transaction_gets_25p02
     }
     let aborted = "ERROR 25P02 current transaction is aborted, commands ignored until end of transaction block";
     assert_eq!(seen[0], ["ERROR 22012 division by zero", aborted, aborted, "rows [\"4\",]"], "Postgres itself");
-    // Through sluice (today) the third answer is
+    // sluice once answered the third with
     // ERROR 26000 prepared statement "sluice_0" does not exist: the second use of b in the pipeline
-    // is sent as a Bind alone, as if the Parse sluice sent before the first one had succeeded.
+    // went as a Bind alone, as if the Parse sluice sent before the first one had succeeded.
     assert_eq!(seen[1], seen[0], "through sluice");
 }

@@ -15,7 +15,9 @@
 //!
 //! sluice answers a Parse itself only when the transaction it runs in cannot have failed;
 //! otherwise the server parses the text under a throwaway name, and refuses it as it would have
-//! refused the client's.
+//! refused the client's. A message that needs a statement whose Parse is still unanswered in an
+//! earlier pipelined request waits for that answer: had the Parse failed, the server would skip
+//! only up to its own Sync.
 
 use crate::protocol::ProtocolError;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -213,6 +215,16 @@ pub enum ServerAction {
     Swallow,
 }
 
+/// A Parse sent to the server and not answered yet.
+#[derive(Debug, Clone)]
+struct Awaited {
+    name: Arc<str>,
+    /// The request (counted in ReadyForQuery entries queued before it) it belongs to.
+    request: u64,
+    /// sluice injected it.
+    injected: bool,
+}
+
 /// The responses a server connection owes, in order.
 #[derive(Debug, Default)]
 pub struct ResponseQueue {
@@ -220,6 +232,10 @@ pub struct ResponseQueue {
     /// An error ended the extended-protocol work before its Sync reached the queue: the server
     /// skips every message up to that Sync, and nothing is owed for them.
     skipping: bool,
+    /// ReadyForQuery entries queued so far: the number of the request being queued.
+    requests: u64,
+    /// The Parse entries in `q`, oldest first.
+    awaited: Vec<Awaited>,
 }
 
 impl ResponseQueue {
@@ -232,6 +248,7 @@ impl ResponseQueue {
     pub fn clear(&mut self) {
         self.q.clear();
         self.skipping = false;
+        self.awaited.clear();
     }
 
     /// The server is skipping messages until the client's next Sync.
@@ -240,7 +257,29 @@ impl ResponseQueue {
     }
 
     fn push(&mut self, e: Expect) {
+        match &e {
+            Expect::Pass { until: READY, .. } | Expect::Query { .. } => self.requests += 1,
+            Expect::Parse { name, swallow } if &**name != PROBE_NAME => {
+                self.awaited.push(Awaited { name: name.clone(), request: self.requests, injected: *swallow });
+            }
+            _ => {}
+        }
         self.q.push_back(e);
+    }
+
+    /// Takes the entry at the head of the queue.
+    fn pop(&mut self) {
+        if let Some(Expect::Parse { name, .. }) = self.q.pop_front() {
+            if let Some(i) = self.awaited.iter().position(|a| a.name == name) {
+                self.awaited.remove(i);
+            }
+        }
+    }
+
+    /// Whether a Parse of `name` (one sluice injected, unless `any`) in an earlier request than
+    /// the one being queued is still unanswered.
+    fn awaits_earlier(&self, name: &str, any: bool) -> bool {
+        self.awaited.iter().any(|a| (any || a.injected) && a.request < self.requests && &*a.name == name)
     }
 
     /// A simple query that sluice rewrote went out; `internal` marks, per statement, those
@@ -307,14 +346,14 @@ impl ResponseQueue {
         match head {
             Expect::Pass { until, .. } => {
                 if until.contains(&tag) {
-                    self.q.pop_front();
+                    self.pop();
                 }
                 ServerAction::Forward
             }
             Expect::Parse { name, swallow } if tag == b'1' => {
                 let swallow = *swallow;
                 server.touch(name);
-                self.q.pop_front();
+                self.pop();
                 if swallow {
                     ServerAction::Swallow
                 } else {
@@ -322,7 +361,7 @@ impl ResponseQueue {
                 }
             }
             Expect::EvictClose if tag == b'3' => {
-                self.q.pop_front();
+                self.pop();
                 ServerAction::Swallow
             }
             Expect::Query { internal } if tag == b'C' => {
@@ -333,7 +372,7 @@ impl ResponseQueue {
                 }
             }
             Expect::Query { .. } if tag == b'Z' => {
-                self.q.pop_front();
+                self.pop();
                 ServerAction::Forward
             }
             // Notices, ParameterStatus and the like arrive between responses.
@@ -350,7 +389,7 @@ impl ResponseQueue {
             Some(Expect::Parse { name, .. }) => server.remove(name),
             _ => {}
         }
-        self.q.pop_front();
+        self.pop();
         self.skipping = true;
         while let Some(e) = self.q.front() {
             match e {
@@ -364,7 +403,7 @@ impl ResponseQueue {
                 }
                 _ => {}
             }
-            self.q.pop_front();
+            self.pop();
         }
         ServerAction::Forward
     }
@@ -377,6 +416,9 @@ pub enum Rewrite {
     AsIs,
     /// The bytes written to `out` replace it (possibly none).
     Replaced,
+    /// Nothing yet: the message depends on the answer to a Parse of an earlier request. Offer
+    /// it again once the server has answered more.
+    Wait,
 }
 
 /// Everything a client message may touch.
@@ -481,6 +523,9 @@ impl Statements<'_> {
         let name = name_str(&body[..end], "Parse")?.to_owned();
         let spec = Bytes::copy_from_slice(&body[end + 1..]);
         let stmt = Statement { server_name: self.registry.name_for(&spec), spec };
+        if self.queue.awaits_earlier(&stmt.server_name, true) {
+            return Ok(Rewrite::Wait);
+        }
         if !self.server.touch(&stmt.server_name) {
             self.prepare(&stmt, false, out);
         } else if self.may_have_failed {
@@ -500,7 +545,7 @@ impl Statements<'_> {
             self.queue.push(Expect::Pass { until: BIND_DONE, sync: false });
             return Ok(Rewrite::AsIs);
         }
-        let server_name = self.resolve(name, out)?;
+        let Some(server_name) = self.resolve(name, out)? else { return Ok(Rewrite::Wait) };
         self.queue.push(Expect::Pass { until: BIND_DONE, sync: false });
         put_message(out, b'B', &[&body[..=portal_end], server_name.as_bytes(), b"\0", &body[stmt_end + 1..]]);
         Ok(Rewrite::Replaced)
@@ -522,7 +567,7 @@ impl Statements<'_> {
             self.queue.push(Expect::Synthetic(b'3'));
             return Ok(Rewrite::Replaced);
         }
-        let server_name = self.resolve(name, out)?;
+        let Some(server_name) = self.resolve(name, out)? else { return Ok(Rewrite::Wait) };
         self.queue.push(Expect::Pass { until: DESCRIBE_DONE, sync: false });
         put_message(out, b'D', &[b"S", server_name.as_bytes(), b"\0"]);
         Ok(Rewrite::Replaced)
@@ -530,14 +575,17 @@ impl Statements<'_> {
 
     /// The server name for a client statement name, preparing it on this server if needed. An
     /// unknown name maps to a server name that cannot exist, so the server reports it missing.
-    fn resolve(&mut self, name: &[u8], out: &mut BytesMut) -> Result<Arc<str>, ProtocolError> {
+    /// `None` while a Parse sluice injected for it in an earlier request is unanswered: if it
+    /// failed, the statement must be prepared again.
+    fn resolve(&mut self, name: &[u8], out: &mut BytesMut) -> Result<Option<Arc<str>>, ProtocolError> {
         let name = name_str(name, "statement name")?;
         match self.client.by_name.get(name).cloned() {
+            Some(stmt) if self.queue.awaits_earlier(&stmt.server_name, false) => Ok(None),
             Some(stmt) => {
                 self.ensure_prepared(&stmt, out);
-                Ok(stmt.server_name)
+                Ok(Some(stmt.server_name))
             }
-            None => Ok(Arc::from(format!("{SERVER_PREFIX}unknown_{name}"))),
+            None => Ok(Some(Arc::from(format!("{SERVER_PREFIX}unknown_{name}")))),
         }
     }
 }

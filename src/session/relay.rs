@@ -72,6 +72,8 @@ struct ClientSide<'a> {
     pin: Option<&'static str>,
     /// Read/write routing, when on.
     watch: Option<&'a mut RouteWatch>,
+    /// Stopped at a message that waits for the server's answers to earlier ones.
+    waiting: bool,
 }
 
 impl Inspect for ClientSide<'_> {
@@ -180,6 +182,12 @@ impl ClientSide<'_> {
         };
         match rewrite {
             Ok(Rewrite::Replaced) => self.copying = true,
+            Ok(Rewrite::Wait) => {
+                // Offered again once the server has answered more.
+                self.out.truncate(before);
+                self.waiting = true;
+                return Flow::StopBefore;
+            }
             Ok(Rewrite::AsIs) if replaced_query => {}
             Ok(Rewrite::AsIs) if self.copying => {
                 self.out.put_u8(tag);
@@ -366,7 +374,7 @@ pub async fn relay(
     timer: &mut Pin<Box<Sleep>>,
     watch: Option<&mut RouteWatch>,
 ) -> RelayEnd {
-    let mut r = Relay { client, server, s_fwd: 0, opts, registry, timer, armed: false, watch };
+    let mut r = Relay { client, server, s_fwd: 0, opts, registry, timer, armed: false, watch, waiting: false };
     let mut end = poll_fn(|cx| r.poll(cx)).await;
     if matches!(end, RelayEnd::ServerGone | RelayEnd::ServerProtocol(_)) {
         // A replica lost while its read can still run elsewhere, or between reads with nothing
@@ -413,6 +421,8 @@ struct Relay<'a> {
     timer: &'a mut Pin<Box<Sleep>>,
     armed: bool,
     watch: Option<&'a mut RouteWatch>,
+    /// The client's next message waits for the server to answer more (see [`Rewrite::Wait`]).
+    waiting: bool,
 }
 
 const READ_RESERVE: usize = 8192;
@@ -533,7 +543,7 @@ impl Relay<'_> {
                     Poll::Pending => {}
                 }
             }
-            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open {
+            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open && !self.waiting {
                 let statements = self.registry.map(|registry| Statements {
                     client: &mut c.statements,
                     server: &mut s.statements,
@@ -553,6 +563,7 @@ impl Relay<'_> {
                     error: None,
                     pin: None,
                     watch: self.watch.as_deref_mut(),
+                    waiting: false,
                 };
                 let scanned = match c.scanner.scan(&c.buf, &mut insp) {
                     Ok(x) => x,
@@ -562,6 +573,7 @@ impl Relay<'_> {
                     return Poll::Ready(RelayEnd::ClientProtocol(e));
                 }
                 c.terminated = insp.terminated;
+                self.waiting = insp.waiting;
                 if let Some(feature) = insp.pin.filter(|_| !c.pinned) {
                     tracing::debug!(feature, "client pinned to its server connection");
                     c.pinned = true;
@@ -637,6 +649,7 @@ impl Relay<'_> {
                 self.s_fwd = scanned.consumed;
                 if scanned.consumed > 0 || scanned.stopped {
                     progress = true;
+                    self.waiting = false;
                     if scanned.consumed == 0 && s.responses.swallows(s.buf[0]) {
                         // The reply to a message sluice sent itself; it stops here.
                         if let Some(h) = crate::protocol::frame::peek_header(&s.buf, u32::MAX >> 1).ok().flatten() {

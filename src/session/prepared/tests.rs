@@ -282,3 +282,45 @@ fn a_parse_in_a_transaction_that_may_have_failed_is_left_to_the_server() {
     assert_eq!(f.reply(b'Z'), ServerAction::Forward);
     assert!(f.queue.is_empty());
 }
+
+#[test]
+fn a_use_of_a_statement_whose_injected_parse_is_unanswered_in_an_earlier_request_waits() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("s", "select 1"));
+    f.reply(b'1');
+    f.server.clear(); // another server connection
+    let (_, out) = f.send(b'B', &bind_body("s"));
+    assert_eq!(tags(&out), b"PB");
+    let (r, out) = f.send(b'B', &bind_body("s"));
+    assert_eq!((r, tags(&out)), (Rewrite::Replaced, b"B".to_vec()), "same request: an error skips both");
+    f.send(b'S', &[]);
+    assert_eq!(f.send(b'B', &bind_body("s")).0, Rewrite::Wait, "next request: the Parse may fail");
+    assert_eq!(f.send(b'D', b"Ss\0").0, Rewrite::Wait);
+    assert_eq!(f.send(b'P', &parse_body("t", "select 1")).0, Rewrite::Wait);
+    // The Parse failed (say, 25P02): the statement is prepared again for the next request.
+    assert_eq!(f.reply(b'E'), ServerAction::Forward);
+    let (r, out) = f.send(b'B', &bind_body("s"));
+    assert_eq!((r, tags(&out)), (Rewrite::Replaced, b"PB".to_vec()));
+    f.send(b'S', &[]);
+    f.reply(b'Z');
+    assert_eq!(f.reply(b'1'), ServerAction::Swallow);
+    assert_eq!(f.reply(b'2'), ServerAction::Forward);
+    f.reply(b'Z');
+    assert!(f.queue.is_empty());
+    // Answered: no more waiting.
+    assert_eq!(f.send(b'B', &bind_body("s")).0, Rewrite::Replaced);
+}
+
+#[test]
+fn a_client_parse_of_a_text_whose_parse_is_unanswered_in_an_earlier_request_waits() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("a", "select 1"));
+    f.send(b'S', &[]);
+    assert_eq!(f.send(b'P', &parse_body("b", "select 1")).0, Rewrite::Wait);
+    // A Bind of the client's own statement does not wait: if its Parse failed, so does the Bind.
+    assert_eq!(f.send(b'B', &bind_body("a")).0, Rewrite::Replaced);
+    f.reply(b'1');
+    f.reply(b'Z');
+    let (_, out) = f.send(b'P', &parse_body("b", "select 1"));
+    assert!(out.is_empty(), "answered by sluice");
+}
