@@ -16,8 +16,8 @@
 //!
 //! Environment: `SLUICE_TEST_SEED` (the seed), `SLUICE_TEST_CLIENTS` (24), `SLUICE_TEST_OPS`
 //! (40 steps per client, a transaction counting as one), `SLUICE_TEST_CONTEXT` (steps shown
-//! before a difference, 3), `SLUICE_TEST_KNOWN_BUGS=1` (also generate what triggers the sluice
-//! bugs of the ignored tests at the end of this file, which the workload otherwise avoids).
+//! before a difference, 3). The tests at the end of this file are the bugs it found, each reduced
+//! to a minimal repro.
 
 mod common;
 
@@ -89,16 +89,6 @@ enum Op {
     CopyOut(String),
 }
 
-/// `op` without a named Parse: a one-shot named statement becomes an unnamed one, a COPY a
-/// plain read.
-fn without_parse(op: Op) -> Op {
-    match op {
-        Op::Named(sql, ps) => Op::Typed(sql, ps),
-        Op::CopyIn { .. } | Op::CopyOut(_) => Op::Typed("select count(*)::text from t".into(), vec![]),
-        op => op,
-    }
-}
-
 fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
@@ -108,12 +98,6 @@ struct Gen {
     rng: StdRng,
     me: usize,
     ops: Vec<Op>,
-    /// Whether the transaction being generated may have failed already (an error-prone step ran).
-    maybe_failed: bool,
-    /// Whether the transaction being generated has a session-level SET.
-    has_set: bool,
-    /// Whether to also generate what triggers the sluice bugs of the ignored tests below.
-    known_bugs: bool,
 }
 
 impl Gen {
@@ -251,9 +235,8 @@ impl Gen {
                 ])
             ),
             _ => {
-                // RESET ALL, for a client with startup parameters, is answered with one
-                // CommandComplete per startup parameter through sluice (see the ignored test).
-                if r < 30 && self.known_bugs {
+                // RESET ALL, after which sluice sets the client's startup parameters again.
+                if r < 30 {
                     "reset all".into()
                 } else {
                     format!("set application_name = 'late{me}_{r}'")
@@ -280,7 +263,7 @@ impl Gen {
         }
     }
 
-    fn pipeline(&mut self, in_tx: bool) -> Op {
+    fn pipeline(&mut self) -> Op {
         let n = self.rng.gen_range(2..=6);
         let mut steps: Vec<Op> = Vec::new();
         while steps.len() < n {
@@ -290,13 +273,6 @@ impl Gen {
                 8 => self.error(),
                 _ => self.settings_read(),
             };
-            // The same statement twice in a pipeline inside a transaction that fails on the
-            // way gets 26000 from sluice (see the ignored test below).
-            if let Op::Prepared(k, _) = op {
-                if in_tx && !self.known_bugs && steps.iter().any(|s| matches!(s, Op::Prepared(j, _) if *j == k)) {
-                    continue;
-                }
-            }
             if matches!(op, Op::Typed(..) | Op::Prepared(..)) {
                 steps.push(op);
             }
@@ -365,18 +341,15 @@ impl Gen {
             _ => Op::Simple("begin".into()),
         };
         self.ops.push(begin);
-        self.maybe_failed = false;
-        self.has_set = false;
         for _ in 0..self.rng.gen_range(2..=6) {
             match self.rng.gen_range(0..100) {
                 0..=29 => {
                     let op = self.write();
-                    self.push_in_tx(op, true)
+                    self.ops.push(op)
                 }
                 30..=44 => {
                     let op = self.read();
-                    let may_fail = matches!(op, Op::Prepared(4, _));
-                    self.push_in_tx(op, may_fail)
+                    self.ops.push(op)
                 }
                 45..=54 => {
                     let op = self.set_local();
@@ -388,55 +361,42 @@ impl Gen {
                     // A session SET inside the transaction: holds if committed, not if rolled back.
                     let op = self.set();
                     self.ops.push(op);
-                    self.has_set = true;
                     let op = self.settings_read();
                     self.ops.push(op);
                 }
                 63..=70 => {
                     let op = self.error();
-                    self.push_in_tx(op, true)
+                    self.ops.push(op)
                 }
                 71..=80 => {
-                    let before = self.maybe_failed;
                     self.ops.push(Op::Simple("savepoint sp".into()));
                     for _ in 0..self.rng.gen_range(1..=2) {
-                        let (op, may_fail) = match self.rng.gen_range(0..3) {
-                            0 => (self.error(), true),
-                            // A session SET undone by ROLLBACK TO SAVEPOINT comes back through
-                            // sluice (see the ignored test below).
-                            1 if self.known_bugs => (self.set(), false),
-                            1 => (self.set_local(), false),
-                            _ => (self.write(), true),
+                        // Session SETs made after the savepoint are undone by ROLLBACK TO it, those
+                        // made before it are kept.
+                        let op = match self.rng.gen_range(0..4) {
+                            0 => self.error(),
+                            1 => self.set(),
+                            2 => self.set_local(),
+                            _ => self.write(),
                         };
-                        self.push_in_tx(op, may_fail);
+                        self.ops.push(op);
                     }
-                    // After a session SET in the transaction, ROLLBACK TO SAVEPOINT that recovers
-                    // from an error makes sluice forget the SET (see the ignored test below).
-                    let end = if self.has_set && !self.known_bugs {
-                        "release savepoint sp"
-                    } else {
-                        self.pick(&["rollback to savepoint sp", "release savepoint sp"])
-                    };
-                    if end.starts_with("rollback") {
-                        // Back to before the savepoint (if the savepoint itself was refused in a
-                        // failed transaction, the transaction stays failed).
-                        self.maybe_failed = before;
-                    }
+                    let end = self.pick(&["rollback to savepoint sp", "release savepoint sp"]);
                     self.ops.push(Op::Simple(end.into()));
                     let op = self.settings_read();
                     self.ops.push(op);
                 }
                 81..=89 => {
-                    let op = self.pipeline(true);
-                    self.push_in_tx(op, true)
+                    let op = self.pipeline();
+                    self.ops.push(op)
                 }
                 90..=94 => {
                     let op = self.copy_in();
-                    self.push_in_tx(op, true)
+                    self.ops.push(op)
                 }
                 _ => {
                     let op = self.copy_out();
-                    self.push_in_tx(op, false)
+                    self.ops.push(op)
                 }
             }
         }
@@ -450,19 +410,9 @@ impl Gen {
         self.ops.push(end);
     }
 
-    /// Adds a step inside a transaction. Unless `known_bugs`, a step that would send a Parse
-    /// (a one-shot named statement, a COPY, which tokio-postgres prepares) once the transaction
-    /// may have failed is replaced by an unnamed query: through sluice such a Parse is answered
-    /// ParseComplete where Postgres refuses it (see the ignored test below).
-    fn push_in_tx(&mut self, op: Op, may_fail: bool) {
-        let op = if self.maybe_failed && !self.known_bugs { without_parse(op) } else { op };
-        self.ops.push(op);
-        self.maybe_failed |= may_fail;
-    }
-
-    fn script(seed: u64, me: usize, len: usize, known_bugs: bool) -> Vec<Op> {
+    fn script(seed: u64, me: usize, len: usize) -> Vec<Op> {
         let rng = StdRng::seed_from_u64(seed ^ (me as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let mut g = Gen { rng, me, ops: Vec::new(), maybe_failed: false, has_set: false, known_bugs };
+        let mut g = Gen { rng, me, ops: Vec::new() };
         for _ in 0..len {
             match g.rng.gen_range(0..100) {
                 0..=13 => {
@@ -495,7 +445,7 @@ impl Gen {
                     g.ops.push(op)
                 }
                 76..=83 => {
-                    let op = g.pipeline(false);
+                    let op = g.pipeline();
                     g.ops.push(op)
                 }
                 84..=88 => {
@@ -790,9 +740,8 @@ async fn interleaved_clients_get_the_results_they_get_on_postgres_directly() {
     };
     let clients = env_usize("SLUICE_TEST_CLIENTS", 24);
     let ops = env_usize("SLUICE_TEST_OPS", 40);
-    let known_bugs = std::env::var("SLUICE_TEST_KNOWN_BUGS").is_ok_and(|v| v == "1");
     println!("interleaving seed: {seed} ({clients} clients x {ops} operations; rerun with SLUICE_TEST_SEED={seed})");
-    let scripts: Arc<Vec<Vec<Op>>> = Arc::new((0..clients).map(|me| Gen::script(seed, me, ops, known_bugs)).collect());
+    let scripts: Arc<Vec<Vec<Op>>> = Arc::new((0..clients).map(|me| Gen::script(seed, me, ops)).collect());
 
     let pooled_db = unique_db("interleave_pooled");
     let direct_db = unique_db("interleave_direct");
@@ -862,8 +811,7 @@ async fn interleaved_clients_get_the_results_they_get_on_postgres_directly() {
     );
 }
 
-// The sluice bugs the randomized test found, each reduced to a minimal repro. The randomized test
-// avoids their triggers unless SLUICE_TEST_KNOWN_BUGS=1.
+// The sluice bugs the randomized test found, each reduced to a minimal repro.
 
 /// A hand-driven protocol connection, for tags tokio-postgres does not show.
 struct Raw {
