@@ -332,11 +332,11 @@ impl Running {
             return Ok(unrouted);
         }
         let max = self.client.scanner_max();
-        let wanted = loop {
+        let (wanted, len) = loop {
             let classifier = routing.classifier().clone();
             match Segment::judge(&self.client.buf, max, &classifier, Some(&self.client.statements)) {
-                Segment::Whole { wanted, .. } => break wanted,
-                Segment::Unfinished => break Wanted::Primary,
+                Segment::Whole { wanted, len } => break (wanted, len),
+                Segment::Unfinished => break (Wanted::Primary, 0),
                 Segment::Partial => {
                     if self.client.buf.capacity() - self.client.buf.len() < 512 {
                         self.client.buf.reserve(client::CLIENT_BUF);
@@ -351,7 +351,7 @@ impl Running {
                 }
             }
         };
-        routing.place(wanted).map_err(|_| SessionError::NoReplica)
+        routing.place(wanted, len).map_err(|_| SessionError::NoReplica)
     }
 
     /// Checks out a primary connection for a read whose replica failed.

@@ -127,6 +127,9 @@ pub struct RouteWatch {
     /// Part of the oldest segment's answer reached the client: the segments in flight can no
     /// longer be run elsewhere.
     answered: bool,
+    /// The length of the first segment, already judged when the checkout was placed: the gate
+    /// does not judge it again.
+    placed: Option<usize>,
 }
 
 /// Segments longer than this are not kept for a retry.
@@ -143,6 +146,7 @@ impl RouteWatch {
             retry: BytesMut::new(),
             retry_lens: VecDeque::new(),
             answered: false,
+            placed: None,
         }
     }
 
@@ -226,7 +230,17 @@ impl RouteWatch {
                 return Gate::Open;
             }
         }
-        match Segment::judge(buf, max_message, &self.classifier, statements) {
+        let judged = match self.placed.take() {
+            Some(len) if len <= buf.len() => {
+                let wanted = match self.mode {
+                    WatchMode::ReplicaTransaction => Wanted::ReplicaTransaction,
+                    _ => Wanted::ReplicaStatement,
+                };
+                Segment::Whole { wanted, len }
+            }
+            _ => Segment::judge(buf, max_message, &self.classifier, statements),
+        };
+        match judged {
             Segment::Partial => Gate::ReadClient,
             Segment::Whole { wanted: Wanted::ReplicaStatement, len } => {
                 self.mode = WatchMode::ReplicaStatements;
@@ -351,7 +365,8 @@ impl SessionRouting {
     /// Places a segment that wants `wanted`: on a replica that is healthy and has replayed what
     /// this read must see, else on the primary (or nowhere, with `replica_fallback = "error"`
     /// and no healthy replica at all).
-    pub fn place(&self, wanted: Wanted) -> Result<Placement, NoReplica> {
+    /// `len` is the length of the segment that was judged.
+    pub fn place(&self, wanted: Wanted, len: usize) -> Result<Placement, NoReplica> {
         let ryw = self.table.read_your_writes;
         let primary = || Placement { replica: None, watch: self.primary_watch() };
         let Some(replicas) = &self.replicas else { return Ok(primary()) };
@@ -366,7 +381,8 @@ impl SessionRouting {
             ReadYourWrites::Global => self.own_commit.max(replicas.set.last_commit()),
         };
         if let Some((i, load)) = replicas.set.pick(min_lsn) {
-            let watch = RouteWatch::new(self.table.classifier.clone(), mode);
+            let mut watch = RouteWatch::new(self.table.classifier.clone(), mode);
+            watch.placed = (len > 0).then_some(len);
             return Ok(Placement { replica: Some((self.pools[i].clone(), load)), watch: Some(watch) });
         }
         let any_healthy = replicas.set.replicas().iter().any(|r| r.state() == ReplicaState::Healthy);
