@@ -18,7 +18,14 @@
 //! refused the client's. A message that needs a statement whose Parse is still unanswered in an
 //! earlier pipelined request waits for that answer: had the Parse failed, the server would skip
 //! only up to its own Sync.
+//!
+//! When a table changes so that a prepared statement's result type does (ALTER TABLE under a
+//! `SELECT *`), the server refuses to run the statement any more (0A000, "cached plan must not
+//! change result type"). A client would prepare it again; as sluice shares statements, it drops
+//! the statement from that server connection (closing it before it is prepared there again) and
+//! gives the text a fresh pooler-wide name, so that new Parses of it are parsed anew everywhere.
 
+use crate::protocol::backend::{self, SqlState};
 use crate::protocol::ProtocolError;
 use bytes::{BufMut, Bytes, BytesMut};
 use dashmap::DashMap;
@@ -52,6 +59,16 @@ impl StatementRegistry {
             .clone()
     }
 
+    /// Gives the statement spec a fresh server name, unless it has one other than `old` already:
+    /// what was prepared under `old` can no longer run (its result type changed).
+    pub fn renew(&self, spec: &Bytes, old: &str) {
+        if let Some(mut name) = self.names.get_mut(spec) {
+            if &**name == old {
+                *name = Arc::from(format!("{SERVER_PREFIX}{}", self.next.fetch_add(1, Ordering::Relaxed)));
+            }
+        }
+    }
+
     /// Distinct statements seen.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -64,7 +81,7 @@ impl StatementRegistry {
 }
 
 /// A statement as a client prepared it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
     /// The name on servers.
     pub server_name: Arc<str>,
@@ -113,12 +130,15 @@ pub struct ServerStatements {
     prepared: HashMap<Arc<str>, u64>,
     tick: u64,
     capacity: usize,
+    /// Statements the server still has but can no longer run: closed before they are prepared
+    /// again.
+    stale: Vec<Arc<str>>,
 }
 
 impl ServerStatements {
     /// An empty set holding at most `capacity` statements.
     pub fn new(capacity: usize) -> Self {
-        Self { prepared: HashMap::new(), tick: 0, capacity: capacity.max(1) }
+        Self { prepared: HashMap::new(), tick: 0, capacity: capacity.max(1), stale: Vec::new() }
     }
 
     /// Whether `name` is prepared; marks it used.
@@ -156,6 +176,23 @@ impl ServerStatements {
     /// Forgets everything (after DISCARD ALL or DEALLOCATE ALL on the server).
     pub fn clear(&mut self) {
         self.prepared.clear();
+        self.stale.clear();
+    }
+
+    /// `name` stays on the server but can no longer run: it is not prepared any more as far as
+    /// clients are concerned.
+    pub fn mark_stale(&mut self, name: &Arc<str>) {
+        self.prepared.remove(name);
+        if !self.stale.contains(name) {
+            self.stale.push(name.clone());
+        }
+    }
+
+    /// Whether `name` was stale (and must be closed before it is prepared again); it is not
+    /// any more.
+    fn take_stale(&mut self, name: &str) -> bool {
+        let at = self.stale.iter().position(|n| &**n == name);
+        at.map(|i| self.stale.swap_remove(i)).is_some()
     }
 
     /// Number prepared.
@@ -186,6 +223,14 @@ pub enum Expect {
         name: Arc<str>,
         /// Keep the ParseComplete from the client.
         swallow: bool,
+    },
+    /// The response to a Bind or Describe of a named statement: forwarded, up to a message with
+    /// one of these tags.
+    Uses {
+        /// Tags that end the entry.
+        until: &'static [u8],
+        /// The statement.
+        stmt: Statement,
     },
     /// The CloseComplete of a Close sluice sent to evict a statement: swallowed.
     EvictClose,
@@ -295,6 +340,25 @@ impl ResponseQueue {
         }
     }
 
+    /// Whether an ErrorResponse arriving now is to be read (see [`ResponseQueue::error_fields`]).
+    pub fn wants_error_fields(&self) -> bool {
+        matches!(self.q.front(), Some(Expect::Uses { .. }))
+    }
+
+    /// Reads an ErrorResponse (its body) before it is accounted for: when it says the result
+    /// type of the statement at the head of the queue changed, the statement is stale on this
+    /// connection and its text gets a fresh name in `registry`.
+    pub fn error_fields(&self, body: &[u8], server: &mut ServerStatements, registry: Option<&StatementRegistry>) {
+        let Some(Expect::Uses { stmt, .. }) = self.q.front() else { return };
+        let (_, code, _) = backend::parse_error_fields(body);
+        if code.as_bytes() == SqlState::FEATURE_NOT_SUPPORTED.0 {
+            server.mark_stale(&stmt.server_name);
+            if let Some(registry) = registry {
+                registry.renew(&stmt.spec, &stmt.server_name);
+            }
+        }
+    }
+
     /// Whether the next owed response is one sluice must write itself.
     pub fn synthetic_due(&self) -> bool {
         matches!(self.q.front(), Some(Expect::Synthetic(_)))
@@ -344,7 +408,7 @@ impl ResponseQueue {
         }
         let Some(head) = self.q.front_mut() else { return ServerAction::Forward };
         match head {
-            Expect::Pass { until, .. } => {
+            Expect::Pass { until, .. } | Expect::Uses { until, .. } => {
                 if until.contains(&tag) {
                     self.pop();
                 }
@@ -418,6 +482,18 @@ pub enum Rewrite {
     Replaced,
     /// Nothing yet: the message depends on the answer to a Parse of an earlier request. Offer
     /// it again once the server has answered more.
+    Wait,
+}
+
+/// What a client's statement name stands for on the server.
+enum Target {
+    /// The client's statement, prepared on the server.
+    Known(Statement),
+    /// A name the client does not have: the server name given cannot exist either, so the server
+    /// reports it missing.
+    Unknown(Arc<str>),
+    /// Nothing yet: a Parse sluice injected for the statement in an earlier request is
+    /// unanswered, and if it failed the statement must be prepared again.
     Wait,
 }
 
@@ -497,6 +573,10 @@ impl Statements<'_> {
     }
 
     fn prepare(&mut self, stmt: &Statement, swallow: bool, out: &mut BytesMut) {
+        if self.server.take_stale(&stmt.server_name) {
+            put_message(out, b'C', &[b"S", stmt.server_name.as_bytes(), b"\0"]);
+            self.queue.push(Expect::EvictClose);
+        }
         if let Some(old) = self.server.insert(stmt.server_name.clone()) {
             put_message(out, b'C', &[b"S", old.as_bytes(), b"\0"]);
             self.queue.push(Expect::EvictClose);
@@ -545,8 +625,8 @@ impl Statements<'_> {
             self.queue.push(Expect::Pass { until: BIND_DONE, sync: false });
             return Ok(Rewrite::AsIs);
         }
-        let Some(server_name) = self.resolve(name, out)? else { return Ok(Rewrite::Wait) };
-        self.queue.push(Expect::Pass { until: BIND_DONE, sync: false });
+        let target = self.resolve(name, out)?;
+        let Some(server_name) = self.owe(target, BIND_DONE) else { return Ok(Rewrite::Wait) };
         put_message(out, b'B', &[&body[..=portal_end], server_name.as_bytes(), b"\0", &body[stmt_end + 1..]]);
         Ok(Rewrite::Replaced)
     }
@@ -567,25 +647,40 @@ impl Statements<'_> {
             self.queue.push(Expect::Synthetic(b'3'));
             return Ok(Rewrite::Replaced);
         }
-        let Some(server_name) = self.resolve(name, out)? else { return Ok(Rewrite::Wait) };
-        self.queue.push(Expect::Pass { until: DESCRIBE_DONE, sync: false });
+        let target = self.resolve(name, out)?;
+        let Some(server_name) = self.owe(target, DESCRIBE_DONE) else { return Ok(Rewrite::Wait) };
         put_message(out, b'D', &[b"S", server_name.as_bytes(), b"\0"]);
         Ok(Rewrite::Replaced)
     }
 
-    /// The server name for a client statement name, preparing it on this server if needed. An
-    /// unknown name maps to a server name that cannot exist, so the server reports it missing.
-    /// `None` while a Parse sluice injected for it in an earlier request is unanswered: if it
-    /// failed, the statement must be prepared again.
-    fn resolve(&mut self, name: &[u8], out: &mut BytesMut) -> Result<Option<Arc<str>>, ProtocolError> {
+    /// Queues the response owed to a Bind or Describe of `target`, which ends at a message with
+    /// one of the `until` tags; returns the server name to send, or `None` to wait.
+    fn owe(&mut self, target: Target, until: &'static [u8]) -> Option<Arc<str>> {
+        match target {
+            Target::Wait => None,
+            Target::Unknown(server_name) => {
+                self.queue.push(Expect::Pass { until, sync: false });
+                Some(server_name)
+            }
+            Target::Known(stmt) => {
+                let server_name = stmt.server_name.clone();
+                self.queue.push(Expect::Uses { until, stmt });
+                Some(server_name)
+            }
+        }
+    }
+
+    /// What a client statement name stands for, preparing the statement on this server if
+    /// needed.
+    fn resolve(&mut self, name: &[u8], out: &mut BytesMut) -> Result<Target, ProtocolError> {
         let name = name_str(name, "statement name")?;
         match self.client.by_name.get(name).cloned() {
-            Some(stmt) if self.queue.awaits_earlier(&stmt.server_name, false) => Ok(None),
+            Some(stmt) if self.queue.awaits_earlier(&stmt.server_name, false) => Ok(Target::Wait),
             Some(stmt) => {
                 self.ensure_prepared(&stmt, out);
-                Ok(Some(stmt.server_name))
+                Ok(Target::Known(stmt))
             }
-            None => Ok(Some(Arc::from(format!("{SERVER_PREFIX}unknown_{name}")))),
+            None => Ok(Target::Unknown(Arc::from(format!("{SERVER_PREFIX}unknown_{name}")))),
         }
     }
 }

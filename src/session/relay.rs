@@ -214,6 +214,8 @@ struct ServerSide<'a> {
     statements: &'a mut ServerStatements,
     settings: Option<&'a mut SettingTracker>,
     startup: &'a ParamSet,
+    /// Pooler-wide statement names (transaction mode).
+    registry: Option<&'a StatementRegistry>,
     release: bool,
     /// Hold the ReadyForQuery that ends a write transaction.
     hold_commit: bool,
@@ -229,7 +231,7 @@ impl Inspect for ServerSide<'_> {
     fn wants(&self, tag: u8, _len: u32) -> Want {
         if self.responses.swallows(tag) {
             Want::Stop
-        } else if matches!(tag, b'Z' | b'S') {
+        } else if matches!(tag, b'Z' | b'S') || tag == b'E' && self.responses.wants_error_fields() {
             Want::Body
         } else if tag == b'C' && self.settings.as_ref().is_some_and(|s| s.wants_command_tags()) {
             Want::Body
@@ -276,6 +278,9 @@ impl Inspect for ServerSide<'_> {
             return Flow::Continue;
         }
         let idle = self.tracker.server_message(tag, body);
+        if tag == b'E' && !body.is_empty() {
+            self.responses.error_fields(body, self.statements, self.registry);
+        }
         self.responses.on_server_message(tag, self.statements);
         if tag == b'Z' && self.stop_at_ready {
             self.ready_seen = true;
@@ -305,6 +310,7 @@ pub fn take_held_ready(client: &mut ClientConn, server: &mut ServerConnection, o
         statements: &mut server.statements,
         settings: opts.release_at_idle.then_some(&mut client.settings),
         startup: &client.startup,
+        registry: None,
         release: false,
         hold_commit: false,
         commit_held: false,
@@ -625,6 +631,7 @@ impl Relay<'_> {
                     statements: &mut s.statements,
                     settings: self.opts.release_at_idle.then_some(&mut c.settings),
                     startup: &c.startup,
+                    registry: self.registry,
                     release: self.opts.release_at_idle,
                     hold_commit: self.watch.as_ref().is_some_and(|w| w.holds_commit()),
                     commit_held: false,

@@ -324,3 +324,53 @@ fn a_client_parse_of_a_text_whose_parse_is_unanswered_in_an_earlier_request_wait
     let (_, out) = f.send(b'P', &parse_body("b", "select 1"));
     assert!(out.is_empty(), "answered by sluice");
 }
+
+/// An ErrorResponse body with this SQLSTATE.
+fn error_body(code: &str) -> Vec<u8> {
+    let mut b = b"SERROR\0C".to_vec();
+    b.extend_from_slice(code.as_bytes());
+    b.extend_from_slice(b"\0Mcached plan must not change result type\0\0");
+    b
+}
+
+#[test]
+fn a_statement_whose_result_type_changed_is_closed_and_parsed_again_and_its_text_renamed() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("s", "select * from t"));
+    f.reply(b'1');
+    f.send(b'B', &bind_body("s"));
+    f.send(b'E', &[]);
+    f.send(b'S', &[]);
+    assert!(f.queue.wants_error_fields());
+    f.queue.error_fields(&error_body("0A000"), &mut f.server, Some(&f.registry));
+    f.reply(b'E');
+    f.reply(b'Z');
+    assert!(f.queue.is_empty());
+    // The client's statement is prepared again under its name, closed first.
+    let (_, out) = f.send(b'B', &bind_body("s"));
+    assert_eq!(tags(&out), b"CPB");
+    assert!(out.windows(8).all(|w| w != b"sluice_1"));
+    assert_eq!(f.reply(b'3'), ServerAction::Swallow);
+    assert_eq!(f.reply(b'1'), ServerAction::Swallow);
+    // A new Parse of the text gets a name no server connection has prepared.
+    f.client = ClientStatements::default();
+    let (_, out) = f.send(b'P', &parse_body("t", "select * from t"));
+    assert_eq!(tags(&out), b"P");
+    assert!(out.windows(8).any(|w| w == b"sluice_1"), "{out:?}");
+}
+
+#[test]
+fn other_errors_at_a_bind_leave_the_statement_prepared() {
+    let mut f = Fixture::new(10);
+    f.send(b'P', &parse_body("s", "select 1/$1::int"));
+    f.reply(b'1');
+    f.send(b'B', &bind_body("s"));
+    f.send(b'S', &[]);
+    f.queue.error_fields(&error_body("22P02"), &mut f.server, Some(&f.registry));
+    f.reply(b'E');
+    f.reply(b'Z');
+    assert!(f.server.touch("sluice_0"));
+    assert_eq!(f.registry.len(), 1);
+    let (_, out) = f.send(b'B', &bind_body("s"));
+    assert_eq!(tags(&out), b"B");
+}
