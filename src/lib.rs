@@ -7,6 +7,7 @@
 //! - [`server`]: a connection from sluice to a Postgres server;
 //! - [`session`]: one client's session: a short relay loop plus a pure transaction state machine;
 //! - [`router`]: read/write routing: where a transaction runs, replica lag and the choice of a replica;
+//! - [`cache`]: the result cache: eligibility, keys, per-table generations and the bounded store;
 //! - [`config`]: the TOML configuration and its validation;
 //! - [`admin`]: the admin console (virtual database `sluice`);
 //! - [`metrics`]: Prometheus metrics and what sessions count;
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod demo;
