@@ -107,6 +107,21 @@ impl SessionError {
     }
 }
 
+/// Reads more from the client into its buffer; ends the session on EOF or shutdown.
+async fn read_client(client: &mut ClientConn, shutdown: &tokio_util::sync::CancellationToken) -> Result<(), SessionError> {
+    if client.buf.capacity() - client.buf.len() < 512 {
+        client.buf.reserve(client::CLIENT_BUF);
+    }
+    let read = tokio::select! {
+        r = tokio::io::AsyncReadExt::read_buf(&mut client.stream, &mut client.buf) => r?,
+        _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
+    };
+    if read == 0 {
+        return Err(SessionError::ClientGone);
+    }
+    Ok(())
+}
+
 /// Serves one accepted client connection to the end.
 pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
@@ -337,18 +352,7 @@ impl Running {
             match Segment::judge(&self.client.buf, max, &classifier, Some(&self.client.statements)) {
                 Segment::Whole { wanted, len } => break (wanted, len),
                 Segment::Unfinished => break (Wanted::Primary, 0),
-                Segment::Partial => {
-                    if self.client.buf.capacity() - self.client.buf.len() < 512 {
-                        self.client.buf.reserve(client::CLIENT_BUF);
-                    }
-                    let read = tokio::select! {
-                        r = tokio::io::AsyncReadExt::read_buf(&mut self.client.stream, &mut self.client.buf) => r?,
-                        _ = self.ctx.shutdown.cancelled() => return Err(SessionError::Shutdown),
-                    };
-                    if read == 0 {
-                        return Err(SessionError::ClientGone);
-                    }
-                }
+                Segment::Partial => read_client(&mut self.client, &self.ctx.shutdown).await?,
             }
         };
         routing.place(wanted, len).map_err(|_| SessionError::NoReplica)
@@ -403,16 +407,7 @@ impl Running {
                 return Ok(());
             }
             self.client.shrink_if_idle();
-            if self.client.buf.capacity() - self.client.buf.len() < 512 {
-                self.client.buf.reserve(client::CLIENT_BUF);
-            }
-            let read = tokio::select! {
-                r = tokio::io::AsyncReadExt::read_buf(&mut self.client.stream, &mut self.client.buf) => r?,
-                _ = self.ctx.shutdown.cancelled() => return Err(SessionError::Shutdown),
-            };
-            if read == 0 {
-                return Err(SessionError::ClientGone);
-            }
+            read_client(&mut self.client, &self.ctx.shutdown).await?;
         }
     }
 
