@@ -1,41 +1,49 @@
-//! What a statement does, as far as routing and caching care: a read that may run on a replica,
-//! the start of a read-only transaction, or anything else. Parsed with sqlparser's PostgreSQL
-//! dialect once per distinct query text; the result is cached by the text, so a repeated
-//! statement costs a hash lookup.
+//! What a query text does, as far as routing and caching care: reads that may run on a
+//! replica, the start of a read-only transaction, or anything else; and which tables it reads
+//! or writes. Parsed with sqlparser's PostgreSQL dialect once per distinct text; the answer is
+//! cached by the text, so a repeated statement costs a hash lookup.
+//!
+//! - `parse`: splitting a simple query into statements, and the PostgreSQL syntax sqlparser
+//!   lacks;
+//! - `budget`: texts too costly to parse, and texts that need a bigger stack;
+//! - `walk`: what one statement reads, writes and calls;
+//! - `functions`: which functions may run on a replica.
 
+mod budget;
 mod functions;
+mod parse;
 #[cfg(test)]
 mod tests;
+mod walk;
 
 use super::hint::{parse_hints, Hints};
 use dashmap::DashMap;
-use sqlparser::ast::{
-    Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, TransactionAccessMode,
-    TransactionMode, Visit, Visitor,
-};
-use sqlparser::dialect::PostgreSqlDialect;
-use sqlparser::parser::Parser;
-use std::collections::{BTreeSet, HashSet};
-use std::ops::ControlFlow;
+use functions::ReadOnlyFunctions;
+use parse::Parsed;
+use sqlparser::ast::{ObjectName, ObjectNamePart, Statement, TransactionAccessMode, TransactionMode};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use walk::Walk;
 
-/// Distinct query texts remembered at most; past it, new texts are parsed every time.
+/// Distinct query texts remembered at most; when full, the cache is emptied and refills with
+/// the texts still in use.
 pub const CACHE_CAPACITY: usize = 10_000;
 
 /// Texts longer than this are classified but not cached (they are rarely repeated verbatim).
 const MAX_CACHED_TEXT: usize = 16 * 1024;
 
-/// What a statement (or a simple query's statements together) does.
+/// What a query text (all of its statements together) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatementClass {
-    /// Autocommit reads that may run on a replica: SELECT, VALUES, TABLE, SHOW and EXPLAIN of
-    /// those, without row locks, writable CTEs or SELECT INTO, calling only read-only functions.
+    /// Autocommit reads that may run on a replica: SELECT, VALUES, TABLE, SHOW, and EXPLAIN of
+    /// those; without row locks, writable CTEs or SELECT INTO; calling only read-only
+    /// functions. An empty query is a read.
     Read,
-    /// BEGIN READ ONLY / START TRANSACTION READ ONLY, possibly followed by reads (and its
-    /// COMMIT) in the same text.
+    /// BEGIN READ ONLY / START TRANSACTION READ ONLY, possibly followed in the same text by
+    /// reads, and by the COMMIT or ROLLBACK that ends it.
     BeginReadOnly,
-    /// Anything else: writes, DDL, read-write transactions, session state, unknown functions,
-    /// text that does not parse.
+    /// Anything else: writes, DDL, read-write transactions, session state, locks, functions
+    /// not known to be read-only, text that does not parse. Runs on the primary.
     Write,
 }
 
@@ -44,29 +52,39 @@ pub enum StatementClass {
 pub struct Classification {
     /// What it does.
     pub class: StatementClass,
-    /// Its `/* sluice:... */` hints (not applied to `class`).
+    /// Its `/* sluice:... */` hints (reported, not applied to `class`).
     pub hints: Hints,
-    /// The relations it names, lowercased as written (`t`, `public.t`).
+    /// Relations, lowercase unless quoted, schema-qualified as written (`t`, `public.t`),
+    /// sorted: for a [`Write`](StatementClass::Write) the tables it writes (DML, COPY FROM,
+    /// SELECT INTO and DDL targets); otherwise the relations it reads (CTE names included).
     pub tables: Box<[Box<str>]>,
-    /// A write whose targets cannot be known (DDL, DO, CALL, functions with effects, text that
-    /// does not parse): a cache must forget everything of the database.
+    /// A write whose targets cannot all be named (DDL on other objects, DO, CALL, EXECUTE,
+    /// functions that may have effects, text that does not parse or is too costly to parse):
+    /// a cache must forget everything of the database.
     pub writes_unknown: bool,
 }
 
-/// Classifies statements and remembers the answers.
+impl Classification {
+    fn unknown_write(hints: Hints) -> Self {
+        Self { class: StatementClass::Write, hints, tables: Box::new([]), writes_unknown: true }
+    }
+}
+
+/// Classifies query texts and remembers the answers. Shared by all sessions (`&self`
+/// everywhere; the cache is sharded, with no global lock).
 pub struct Classifier {
     cache: DashMap<Box<str>, Arc<Classification>>,
-    read_only_functions: HashSet<String>,
+    functions: ReadOnlyFunctions,
 }
 
 impl Classifier {
-    /// A classifier that also trusts `read_only_functions` (names as configured, with or
-    /// without a schema) to run on replicas.
+    /// A classifier that also trusts `read_only_functions` (names as configured, matched
+    /// case-insensitively; `name` matches a call in any schema, `schema.name` matches that
+    /// call and an unqualified `name(...)`) to run on replicas. Functions that write, lock or
+    /// need a transaction id (`nextval`, `pg_advisory_lock`, `set_config`, ...) stay on the
+    /// primary even if listed.
     pub fn new(read_only_functions: &[String]) -> Self {
-        Self {
-            cache: DashMap::new(),
-            read_only_functions: read_only_functions.iter().map(|f| f.to_ascii_lowercase()).collect(),
-        }
+        Self { cache: DashMap::new(), functions: ReadOnlyFunctions::new(read_only_functions) }
     }
 
     /// Classifies `sql`, from the cache when the same text was seen before.
@@ -75,7 +93,10 @@ impl Classifier {
             return hit.clone();
         }
         let c = Arc::new(self.classify_uncached(sql));
-        if sql.len() <= MAX_CACHED_TEXT && self.cache.len() < CACHE_CAPACITY {
+        if sql.len() <= MAX_CACHED_TEXT {
+            if self.cache.len() >= CACHE_CAPACITY {
+                self.cache.clear();
+            }
             self.cache.insert(sql.into(), c.clone());
         }
         c
@@ -86,167 +107,99 @@ impl Classifier {
         self.cache.len()
     }
 
-    fn classify_uncached(&self, sql: &str) -> Classification {
+    /// Classifies `sql` without the cache. Never panics: text that cannot be classified
+    /// safely (does not tokenize or parse, is too costly to parse, or makes the parser fail)
+    /// is an unknown write.
+    pub fn classify_uncached(&self, sql: &str) -> Classification {
         let hints = parse_hints(sql);
-        let statements = match parse(sql) {
-            Some(s) => s,
-            None => {
-                return Classification { class: StatementClass::Write, hints, tables: Box::new([]), writes_unknown: true }
-            }
+        let Some(split) = parse::split(sql) else { return Classification::unknown_write(hints) };
+        if split.budget.too_costly() {
+            return Classification::unknown_write(hints);
+        }
+        let judged = match split.budget.own_stack() {
+            None => std::panic::catch_unwind(AssertUnwindSafe(|| self.judge(sql, split, hints))).ok(),
+            // Parsed, walked and dropped on a thread with the stack the text needs.
+            Some(stack) => std::thread::scope(|scope| {
+                let worker = std::thread::Builder::new().name("sluice-classify".into()).stack_size(stack);
+                worker.spawn_scoped(scope, || self.judge(sql, split, hints)).ok()?.join().ok()
+            }),
         };
-        let mut tables = BTreeSet::new();
-        let mut writes_unknown = false;
+        // A panic in the parser is a bug there; the statement still runs, on the primary.
+        judged.unwrap_or_else(|| {
+            tracing::warn!(len = sql.len(), "classifying a statement failed; it runs on the primary");
+            Classification::unknown_write(hints)
+        })
+    }
+
+    /// Parses and walks the statements of `split`.
+    fn judge(&self, sql: &str, split: parse::Split, hints: Hints) -> Classification {
+        let mut walk = Walk::new(&self.functions);
         let mut class: Option<StatementClass> = None;
-        for (i, st) in statements.iter().enumerate() {
-            let mut walk = Walk { functions: &self.read_only_functions, tables: &mut tables, effects: false };
-            let _ = st.visit(&mut walk);
-            let this = match statement_kind(st) {
-                Kind::Read if !walk.effects => StatementClass::Read,
-                Kind::BeginReadOnly if i == 0 => StatementClass::BeginReadOnly,
-                Kind::TransactionEnd if class == Some(StatementClass::BeginReadOnly) => StatementClass::BeginReadOnly,
-                Kind::Read | Kind::BeginReadOnly | Kind::TransactionEnd => StatementClass::Write,
-                Kind::Write { known_targets } => {
-                    writes_unknown |= !known_targets || walk.effects;
-                    StatementClass::Write
+        for (i, parsed) in parse::statements(sql, split).iter().enumerate() {
+            let this = match parsed {
+                Parsed::Unknown => return Classification::unknown_write(hints),
+                Parsed::NoDataEffect => StatementClass::Write,
+                Parsed::Statement(st) => {
+                    let not_read = walk.statement(st);
+                    match statement_kind(st) {
+                        Kind::Read if !not_read => StatementClass::Read,
+                        Kind::BeginReadOnly if i == 0 => StatementClass::BeginReadOnly,
+                        Kind::TransactionEnd if class == Some(StatementClass::BeginReadOnly) => {
+                            StatementClass::BeginReadOnly
+                        }
+                        _ => StatementClass::Write,
+                    }
                 }
             };
             class = Some(match (class, this) {
-                (None, c) => c,
+                (None, c) | (Some(StatementClass::Read), c) => c,
                 (Some(StatementClass::Write), _) | (_, StatementClass::Write) => StatementClass::Write,
                 (Some(StatementClass::BeginReadOnly), _) => StatementClass::BeginReadOnly,
-                (Some(StatementClass::Read), c) => c,
             });
         }
-        Classification {
-            // An empty query runs anywhere.
-            class: class.unwrap_or(StatementClass::Read),
-            hints,
-            tables: tables.into_iter().collect(),
-            writes_unknown,
-        }
+        let class = class.unwrap_or(StatementClass::Read);
+        let (tables, writes_unknown) = match class {
+            StatementClass::Write => (walk.targets, walk.unknown),
+            _ => (walk.reads, false),
+        };
+        Classification { class, hints, tables: tables.into_iter().collect(), writes_unknown }
     }
 }
 
-/// Parses `sql`; `TABLE name`, which sqlparser does not know, is read as `SELECT * FROM name`.
-fn parse(sql: &str) -> Option<Vec<Statement>> {
-    match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(s) => Some(s),
-        Err(_) => {
-            let trimmed = sql.trim_start();
-            let rest = trimmed.get(..6).filter(|k| k.eq_ignore_ascii_case("table ")).map(|_| &trimmed[6..])?;
-            Parser::parse_sql(&PostgreSqlDialect {}, &format!("SELECT * FROM {rest}")).ok()
-        }
-    }
-}
-
+/// What one statement is, before looking inside it.
 enum Kind {
+    /// A query, SHOW, or EXPLAIN of those: a read if nothing inside says otherwise.
     Read,
     BeginReadOnly,
-    /// COMMIT / ROLLBACK / END.
+    /// COMMIT / END / ROLLBACK (not to a savepoint).
     TransactionEnd,
-    Write {
-        /// The tables it writes are among the relations it names.
-        known_targets: bool,
-    },
+    Write,
 }
 
 fn statement_kind(st: &Statement) -> Kind {
     match st {
-        Statement::Query(q) if query_is_plain_read(q) => Kind::Read,
-        Statement::Query(_) => Kind::Write { known_targets: true },
-        Statement::ShowVariable { .. } => Kind::Read,
-        Statement::Explain { analyze, statement, .. } => match statement_kind(statement) {
+        Statement::Query(_) | Statement::ShowVariable { .. } => Kind::Read,
+        Statement::Explain { statement, .. } => match statement_kind(statement) {
             Kind::Read => Kind::Read,
-            // EXPLAIN without ANALYZE plans but does not run: fine on a replica.
-            Kind::Write { .. } if !analyze => Kind::Read,
-            other => other,
+            _ => Kind::Write,
         },
-        Statement::StartTransaction { modes, .. }
-            if modes.iter().any(|m| matches!(m, TransactionMode::AccessMode(TransactionAccessMode::ReadOnly))) =>
-        {
-            Kind::BeginReadOnly
-        }
-        Statement::Commit { .. } | Statement::Rollback { .. } => Kind::TransactionEnd,
-        Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) | Statement::Merge { .. } => {
-            Kind::Write { known_targets: true }
-        }
-        Statement::Truncate { .. } => Kind::Write { known_targets: true },
-        _ => Kind::Write { known_targets: false },
-    }
-}
-
-/// A query with no row locks, no SELECT INTO and no data-modifying parts (checked at the top
-/// level; nested queries are walked by [`Walk`]).
-fn query_is_plain_read(q: &Query) -> bool {
-    q.locks.is_empty() && set_expr_is_plain_read(&q.body)
-}
-
-fn set_expr_is_plain_read(e: &SetExpr) -> bool {
-    match e {
-        SetExpr::Select(s) => s.into.is_none(),
-        SetExpr::Query(q) => query_is_plain_read(q),
-        SetExpr::SetOperation { left, right, .. } => set_expr_is_plain_read(left) && set_expr_is_plain_read(right),
-        SetExpr::Values(_) | SetExpr::Table(_) => true,
-        SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_) => false,
-    }
-}
-
-/// Walks a statement: collects the relations it names and notes anything with effects inside
-/// it (writable CTEs, row locks in subqueries, SELECT INTO, functions not known to be
-/// read-only).
-struct Walk<'a> {
-    functions: &'a HashSet<String>,
-    tables: &'a mut BTreeSet<Box<str>>,
-    effects: bool,
-}
-
-impl Walk<'_> {
-    fn function(&mut self, name: &ObjectName) {
-        if !functions::is_read_only(name, self.functions) {
-            self.effects = true;
-        }
-    }
-}
-
-impl Visitor for Walk<'_> {
-    type Break = ();
-
-    fn pre_visit_relation(&mut self, relation: &ObjectName) -> ControlFlow<()> {
-        self.tables.insert(object_name(relation).into());
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
-        match factor {
-            TableFactor::Table { name, args: Some(_), .. } | TableFactor::Function { name, .. } => self.function(name),
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_query(&mut self, q: &Query) -> ControlFlow<()> {
-        if !query_is_plain_read(q) {
-            self.effects = true;
-        }
-        if let Some(with) = &q.with {
-            for cte in &with.cte_tables {
-                if !query_is_plain_read(&cte.query) {
-                    self.effects = true;
-                }
+        Statement::StartTransaction { modes, statements, exception: None, .. } if statements.is_empty() => {
+            let read_only = modes.iter().rev().find_map(|m| match m {
+                TransactionMode::AccessMode(a) => Some(*a == TransactionAccessMode::ReadOnly),
+                TransactionMode::IsolationLevel(_) => None,
+            });
+            if read_only == Some(true) {
+                Kind::BeginReadOnly
+            } else {
+                Kind::Write
             }
         }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
-        if let Expr::Function(f) = expr {
-            self.function(&f.name);
-        }
-        ControlFlow::Continue(())
+        Statement::Commit { .. } | Statement::Rollback { savepoint: None, .. } => Kind::TransactionEnd,
+        _ => Kind::Write,
     }
 }
 
-/// `schema.name`, lowercased, identifiers unquoted.
+/// `schema.name`: lowercase unless quoted.
 pub(crate) fn object_name(name: &ObjectName) -> String {
     let mut out = String::new();
     for (i, part) in name.0.iter().enumerate() {
@@ -255,8 +208,8 @@ pub(crate) fn object_name(name: &ObjectName) -> String {
         }
         match part {
             ObjectNamePart::Identifier(id) if id.quote_style.is_some() => out.push_str(&id.value),
-            ObjectNamePart::Identifier(id) => out.push_str(&id.value.to_ascii_lowercase()),
-            ObjectNamePart::Function(f) => out.push_str(&f.name.value.to_ascii_lowercase()),
+            ObjectNamePart::Identifier(id) => out.push_str(&id.value.to_lowercase()),
+            ObjectNamePart::Function(f) => out.push_str(&f.name.value.to_lowercase()),
         }
     }
     out
