@@ -21,6 +21,7 @@
 //! Operators are not looked at: a user-defined operator backed by a volatile function is not
 //! seen.
 
+use crate::router::hint::skip_quoted;
 use super::Bypass;
 
 /// Words that may be followed by `(` in a cacheable read: deterministic built-in functions
@@ -333,22 +334,6 @@ fn is_word_byte(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
-/// From an opening quote, the index after its closing quote (a doubled quote is an escape).
-fn skip_quoted(b: &[u8], start: usize, backslash_escapes: bool) -> usize {
-    let q = b[start];
-    let mut i = start + 1;
-    while i < b.len() {
-        if b[i] == q {
-            if b.get(i + 1) == Some(&q) {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += if backslash_escapes && b[i] == b'\\' { 2 } else { 1 };
-    }
-    b.len()
-}
 
 #[cfg(test)]
 mod tests {

@@ -145,7 +145,7 @@ fn skip_string(b: &[u8], start: usize) -> usize {
 }
 
 /// From an opening quote, the index after its closing quote (a doubled quote is an escape).
-fn skip_quoted(b: &[u8], start: usize, backslash_escapes: bool) -> usize {
+pub(crate) fn skip_quoted(b: &[u8], start: usize, backslash_escapes: bool) -> usize {
     let q = b[start];
     let mut i = start + 1;
     while i < b.len() {
