@@ -190,28 +190,7 @@ fn idle_memory(p: &Proc, n: usize) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench targets without `--bench`: do nothing then.
-        println!("compare: benchmark skipped (run it with `cargo bench --bench compare`)");
-        return;
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    let secs: u64 = match args.iter().position(|a| a == "--duration") {
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
-            Some(s) if s > 0 => s,
-            _ => {
-                eprintln!("--duration needs a number of seconds");
-                std::process::exit(2);
-            }
-        },
-        None if quick => 3,
-        None => 15,
-    };
-    if let Err(e) = run(secs) {
-        eprintln!("compare: {e}");
-        std::process::exit(1);
-    }
+    bench_main("compare", run);
 }
 
 fn run(secs: u64) -> Result<()> {

@@ -56,28 +56,7 @@ const WRITE_SQL: &str = "\\set aid random(1, 100000 * :scale)\n\
                          UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = :aid;\n";
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
-        // `cargo test --all-targets` runs bench targets without `--bench`: do nothing then.
-        println!("routing: benchmark skipped (run it with `cargo bench --bench routing`)");
-        return;
-    }
-    let quick = args.iter().any(|a| a == "--quick");
-    let secs: u64 = match args.iter().position(|a| a == "--duration") {
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
-            Some(s) if s > 0 => s,
-            _ => {
-                eprintln!("--duration needs a number of seconds");
-                std::process::exit(2);
-            }
-        },
-        None if quick => 3,
-        None => 15,
-    };
-    if let Err(e) = run(secs) {
-        eprintln!("routing: {e}");
-        std::process::exit(1);
-    }
+    bench_main("routing", run);
 }
 
 /// A running sluice with its metrics port.
@@ -128,6 +107,14 @@ fn start_sluice(dir: &Path, primary: u16, replica: u16, split: bool) -> Result<S
         .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_sluice")))?;
     let proc = Proc { name: if split { "sluice (routing on)" } else { "sluice (routing off)" }, port, child, log }
         .wait_listening()?;
+    // The metrics endpoint starts after the client listener: wait for it too.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("sluice's metrics endpoint is not listening on {metrics_port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(Sluice { proc, metrics_port, split })
 }
 

@@ -319,3 +319,30 @@ pub fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
 }
 
+
+/// The benchmark's entry point: runs only under `cargo bench` (cargo passes `--bench`; a plain
+/// `cargo test --all-targets` runs bench targets without it), reads `--quick` (3 s runs) and
+/// `--duration SECS`, and exits non-zero when `run` fails.
+pub fn bench_main(name: &str, run: fn(u64) -> Result<()>) {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
+        println!("{name}: benchmark skipped (run it with `cargo bench --bench {name}`)");
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let secs: u64 = match args.iter().position(|a| a == "--duration") {
+        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
+            Some(s) if s > 0 => s,
+            _ => {
+                eprintln!("--duration needs a number of seconds");
+                std::process::exit(2);
+            }
+        },
+        None if quick => 3,
+        None => 15,
+    };
+    if let Err(e) = run(secs) {
+        eprintln!("{name}: {e}");
+        std::process::exit(1);
+    }
+}
