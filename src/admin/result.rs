@@ -2,6 +2,7 @@
 //! CommandComplete) and the other server messages a simple query may end with. Every value is
 //! sent in text format; a column's type only tells clients how to read the text.
 
+use crate::protocol::backend::{put_cstr, put_message};
 use bytes::{BufMut, BytesMut};
 
 /// The type a column is announced with (the values are always sent as text).
@@ -151,22 +152,6 @@ impl Reply {
             }
         }
     }
-}
-
-fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
-    buf.put_u8(tag);
-    let at = buf.len();
-    buf.put_u32(0);
-    body(buf);
-    let len = (buf.len() - at) as u32;
-    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
-fn put_cstr(buf: &mut BytesMut, s: &str) {
-    for b in s.bytes() {
-        buf.put_u8(if b == 0 { b'?' } else { b });
-    }
-    buf.put_u8(0);
 }
 
 /// RowDescription ('T') for text-format columns.

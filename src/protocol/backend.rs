@@ -87,7 +87,7 @@ impl TransactionStatus {
     }
 }
 
-fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
+pub(crate) fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf.put_u8(tag);
     let at = buf.len();
     buf.put_u32(0);
@@ -96,7 +96,7 @@ fn put_message(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-fn put_cstr(buf: &mut BytesMut, s: &str) {
+pub(crate) fn put_cstr(buf: &mut BytesMut, s: &str) {
     // A NUL inside would end the field early; replace it so the message stays well formed.
     for b in s.bytes() {
         buf.put_u8(if b == 0 { b'?' } else { b });
