@@ -1,5 +1,6 @@
 //! Micro-benchmark of statement classification: a typical statement classified again (cache
-//! hit, on one thread and on several at once), first-time parses of ~100-byte statements and
+//! hit, on one thread and on several at once), the same statement with other literal values
+//! (answered by its shape), first-time parses of ~100-byte statements and
 //! ~1 KB queries (cache misses), and a text deep enough to be classified on its own stack.
 //!
 //! `cargo bench --bench classify` (`-- --quick` for a shorter run). Targets: a cache hit under
@@ -11,10 +12,11 @@ use std::time::Instant;
 
 const TYPICAL: &str = "SELECT id, name, email, created_at FROM users WHERE id = $1 AND deleted_at IS NULL ORDER BY id";
 
-/// A ~1 KB query, distinct for each `n`.
+/// A ~1 KB query, of a distinct shape for each `n` (its identifiers differ, not only its
+/// literals).
 fn kilobyte_query(n: usize) -> String {
     let mut q = format!(
-        "SELECT o.id, o.total, c.name, c.email, lower(c.city) AS city, coalesce(o.note, '') AS note, {n} AS tag \
+        "SELECT o.id, o.total, c.name, c.email, lower(c.city) AS city, coalesce(o.note, '') AS note_{n}, {n} AS tag \
          FROM orders o JOIN customers c ON c.id = o.customer_id \
          LEFT JOIN (SELECT order_id, sum(amount) AS paid FROM payments GROUP BY order_id) p ON p.order_id = o.id \
          WHERE o.status = 'open'"
@@ -71,7 +73,11 @@ fn main() {
     let shared_hit_ns = start.elapsed().as_nanos() as f64 / (hits / 4) as f64;
 
     let small_misses = 20_000 / scale;
-    let small: Vec<String> = (0..small_misses).map(|n| TYPICAL.replace("$1", &n.to_string())).collect();
+    let valued: Vec<String> = (0..small_misses).map(|n| TYPICAL.replace("$1", &n.to_string())).collect();
+    let shaped_ns = per_call(small_misses, |i| {
+        black_box(classifier.classify(&valued[i]));
+    });
+    let small: Vec<String> = (0..small_misses).map(|n| TYPICAL.replace("users", &format!("users_{n}"))).collect();
     let fresh = Classifier::new(&[]);
     let small_ns = per_call(small_misses, |i| {
         black_box(fresh.classify(&small[i]));
@@ -92,7 +98,7 @@ fn main() {
     });
 
     let deep_misses = 200 / scale;
-    let deep: Vec<String> = (0..deep_misses).map(|n| format!("SELECT {n}{}", "+1".repeat(5000))).collect();
+    let deep: Vec<String> = (0..deep_misses).map(|n| format!("SELECT c{n}{}", "+1".repeat(5000))).collect();
     let fresh = Classifier::new(&[]);
     let deep_ns = per_call(deep_misses, |i| {
         black_box(fresh.classify(&deep[i]));
@@ -110,6 +116,11 @@ fn main() {
     println!(
         "| cached, same statement, {threads} threads at once | {shared_hit_ns:.0} ns | | < 1 µs: {} |",
         verdict(shared_hit_ns < 1000.0)
+    );
+    println!(
+        "| same statement with a literal in place of `$1` ({small_misses} distinct values, one shape) | {} | < 1 µs: {} |",
+        us(shaped_ns),
+        verdict(shaped_ns.1 < 1000.0)
     );
     println!("| first parse, {}-byte statement ({small_misses} distinct) | {} | |", small[0].len(), us(small_ns));
     println!(

@@ -1,17 +1,21 @@
 //! What a query text does, as far as routing and caching care: reads that may run on a
 //! replica, the start of a read-only transaction, or anything else; and which tables it reads
 //! or writes. Parsed with sqlparser's PostgreSQL dialect once per distinct text; the answer is
-//! cached by the text, so a repeated statement costs a hash lookup.
+//! cached by the text, so a repeated statement costs a hash lookup, and by the text's shape
+//! (its literals blanked out), so a statement repeated with other values costs a scan of the
+//! text and a hash lookup.
 //!
 //! - `parse`: splitting a simple query into statements, and the PostgreSQL syntax sqlparser
 //!   lacks;
 //! - `budget`: texts too costly to parse, and texts that need a bigger stack;
 //! - `walk`: what one statement reads, writes and calls;
-//! - `functions`: which functions may run on a replica.
+//! - `functions`: which functions may run on a replica;
+//! - `shape`: texts that differ only in their literals.
 
 mod budget;
 mod functions;
 mod parse;
+mod shape;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -21,12 +25,13 @@ use dashmap::DashMap;
 use functions::ReadOnlyFunctions;
 use parse::Parsed;
 use sqlparser::ast::{ObjectName, ObjectNamePart, Statement, TransactionAccessMode, TransactionMode};
+use std::cell::RefCell;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use walk::Walk;
 
-/// Distinct query texts remembered at most; when full, the cache is emptied and refills with
-/// the texts still in use.
+/// Distinct query texts (or shapes) remembered at most; when full, the cache is emptied and
+/// refills with the texts still in use.
 pub const CACHE_CAPACITY: usize = 10_000;
 
 /// Texts longer than this are classified but not cached (they are rarely repeated verbatim).
@@ -87,19 +92,33 @@ impl Classifier {
         Self { cache: DashMap::new(), functions: ReadOnlyFunctions::new(read_only_functions) }
     }
 
-    /// Classifies `sql`, from the cache when the same text was seen before.
+    /// Classifies `sql`, from the cache when the same text, or a text of the same shape, was
+    /// seen before.
     pub fn classify(&self, sql: &str) -> Arc<Classification> {
         if let Some(hit) = self.cache.get(sql) {
             return hit.clone();
         }
-        let c = Arc::new(self.classify_uncached(sql));
-        if sql.len() <= MAX_CACHED_TEXT {
-            if self.cache.len() >= CACHE_CAPACITY {
-                self.cache.clear();
-            }
-            self.cache.insert(sql.into(), c.clone());
+        thread_local! {
+            static SHAPE: RefCell<String> = const { RefCell::new(String::new()) };
         }
-        c
+        SHAPE.with(|shape| {
+            let mut shape = shape.borrow_mut();
+            let key: &str = if shape::literal_shape(sql, &mut shape) { &shape } else { sql };
+            if let Some(hit) = self.cache.get(key) {
+                return hit.clone();
+            }
+            let c = Arc::new(self.classify_uncached(sql));
+            if key.len() <= MAX_CACHED_TEXT {
+                if self.cache.len() >= CACHE_CAPACITY {
+                    self.cache.clear();
+                }
+                self.cache.insert(key.into(), c.clone());
+            }
+            if shape.capacity() > MAX_CACHED_TEXT {
+                *shape = String::new();
+            }
+            c
+        })
     }
 
     /// Number of texts remembered.
