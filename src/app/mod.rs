@@ -69,6 +69,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where RELOAD on the admin console reads the configuration from.
     pub reload_source: OnceLock<ConfigSource>,
+    /// The result cache, when `cache.enabled` was set at start.
+    pub cache: Option<Arc<crate::cache::CacheHandle>>,
     clients: AtomicUsize,
 }
 
@@ -90,9 +92,44 @@ impl Shared {
         self.config.store(Arc::new(config));
         self.routing.reconfigure(&self.config.load(), &users);
         self.users.store(users);
+        self.reconfigure_cache();
         tracing::info!("configuration reloaded");
         Ok(())
     }
+}
+
+impl Shared {
+    /// Applies a reloaded `[cache]`: new settings start an empty store. Turning the cache on
+    /// or off takes a restart (a cache turned on mid-run would not have seen the writes of
+    /// transactions already open).
+    fn reconfigure_cache(&self) {
+        let config = self.config.load();
+        if config.cache.enabled != self.cache.is_some() {
+            tracing::warn!(
+                enabled = config.cache.enabled,
+                "cache.enabled changes take effect at the next start; the cache stays as it was"
+            );
+        }
+        let Some(cache) = &self.cache else { return };
+        match crate::cache::CacheSettings::from_config(&config.cache) {
+            Ok(settings) => {
+                if cache.reconfigure(settings) {
+                    tracing::info!("result cache settings changed: the cache starts empty");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cache settings not applied"),
+        }
+    }
+}
+
+/// The result cache `config` asks for, if any.
+fn result_cache(config: &Config) -> Result<Option<Arc<crate::cache::CacheHandle>>, AppError> {
+    if !config.cache.enabled {
+        return Ok(None);
+    }
+    let settings = crate::cache::CacheSettings::from_config(&config.cache)
+        .map_err(|e| AppError::Config(ConfigError::Invalid { key: "cache".into(), reason: e.to_string() }))?;
+    Ok(Some(Arc::new(crate::cache::CacheHandle::new(settings))))
 }
 
 /// A running sluice.
@@ -119,6 +156,7 @@ impl Sluice {
         }
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let routing = ReplicaRegistry::new(&config, &users);
+        let cache = result_cache(&config)?;
         let metrics_addr = config.server.metrics_listen.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
         let metrics = if metrics_addr.is_some() { Metrics::exported() } else { Metrics::new() };
         let shared = Arc::new(Shared {
@@ -131,6 +169,7 @@ impl Sluice {
             shutdown: CancellationToken::new(),
             metrics,
             reload_source: OnceLock::new(),
+            cache,
             clients: AtomicUsize::new(0),
         });
         let metrics = metrics_addr.map(|a| crate::metrics::install(a, shared.clone())).transpose()?;

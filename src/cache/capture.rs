@@ -41,6 +41,31 @@ impl Capture {
         true
     }
 
+    /// Appends one message given as its tag and body (see [`push`](Self::push)).
+    pub fn push_message(&mut self, tag: u8, body: &[u8]) -> bool {
+        if self.abandoned {
+            return false;
+        }
+        if self.buf.len() + 5 + body.len() > self.max {
+            self.abandon();
+            return false;
+        }
+        self.buf.extend_from_slice(&[tag]);
+        self.buf.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        self.buf.extend_from_slice(body);
+        true
+    }
+
+    /// Bytes gathered so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was gathered.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Gives up: the response will not be stored.
     pub fn abandon(&mut self) {
         self.abandoned = true;

@@ -11,6 +11,7 @@
 //! - [`writes`]: [`WriteSet`], the tables a transaction wrote, bumped at its commit and
 //!   forgotten at its rollback;
 //! - [`capture`]: the bytes of a response, gathered while they are relayed, within a size cap;
+//! - [`handle`]: [`CacheHandle`], the store and generations as the process shares them;
 //! - [`store`]: [`ResultCache`], the bounded store (moka, TinyLFU, weighed in bytes, an expiry
 //!   per entry) that checks generations before it serves;
 //! - [`volatility`]: what in a statement's text makes its result depend on more than its
@@ -47,6 +48,7 @@ pub mod capture;
 pub mod eligibility;
 mod error;
 pub mod generations;
+pub mod handle;
 pub mod key;
 pub mod settings;
 pub mod store;
@@ -59,6 +61,7 @@ pub use capture::Capture;
 pub use eligibility::{check_bind, decide, Bypass, ReadContext, Verdict};
 pub use error::Error;
 pub use generations::{DatabaseGenerations, GenSnapshot, Generations};
+pub use handle::CacheHandle;
 pub use key::{bind_parameters, CacheKey, Request, SessionKey};
 pub use settings::{CacheMode, CacheSettings};
 pub use store::ResultCache;

@@ -493,6 +493,12 @@ impl Config {
         one_of("cache.mode", &self.cache.mode, &["all", "hint"])?;
         one_of("cache.backend", &self.cache.backend, &["memory", "redis"])?;
         one_of("cache.invalidation_source", &self.cache.invalidation_source, &["proxy", "logical"])?;
+        if self.cache.enabled && self.cache.backend != "memory" {
+            return Err(invalid("cache.backend", "only \"memory\" is supported so far"));
+        }
+        if self.cache.enabled && self.cache.invalidation_source != "proxy" {
+            return Err(invalid("cache.invalidation_source", "only \"proxy\" is supported so far"));
+        }
         Ok(())
     }
 

@@ -1,6 +1,5 @@
 //! What the result cache reports about itself, read by SHOW CACHE and the `sluice_cache_*`
-//! metrics. The cache does not exist yet: [`NoCache`] reports zeros until it implements
-//! [`CacheReport`] and [`cache_report`] returns it.
+//! metrics. With the cache off, [`NoCache`] reports zeros.
 
 use crate::app::Shared;
 
@@ -39,7 +38,7 @@ pub trait CacheReport: Send + Sync {
     fn clear(&self) -> u64;
 }
 
-/// Stands in for the cache until there is one: empty, never hit.
+/// Stands in for the cache when it is off: empty, never hit.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoCache;
 
@@ -52,9 +51,12 @@ impl CacheReport for NoCache {
     }
 }
 
-/// The running cache's report. The one place to change when the cache is added to [`Shared`].
-pub fn cache_report(_ctx: &Shared) -> &dyn CacheReport {
-    &NoCache
+/// The running cache's report.
+pub fn cache_report(ctx: &Shared) -> &dyn CacheReport {
+    match &ctx.cache {
+        Some(cache) => &**cache,
+        None => &NoCache,
+    }
 }
 
 #[cfg(test)]

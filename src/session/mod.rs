@@ -3,11 +3,13 @@
 //! client's, and relays until the transaction ends (transaction mode) or the client leaves.
 //!
 //! - [`state`]: the pure transaction state machine;
+//! - [`cached`]: the result cache: answering reads, gathering fills, bumping writes;
 //! - [`params`]: session parameters that follow the client;
 //! - [`relay`]: the zero-copy relay;
 //! - [`login`]: startup and client authentication;
 //! - [`client`]: the client connection.
 
+pub mod cached;
 pub mod client;
 pub mod login;
 pub mod params;
@@ -138,11 +140,15 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
     };
-    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics } = session;
+    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache } = session;
     let client = ClientConn::new(stream, buf, session_max(&ctx), client);
-    let mut run = Running { client, pool, cancel, ctx, routing, metrics };
+    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
-    if let Err(e) = run.run(opts).await {
+    let result = run.run(opts).await;
+    if let Some(cache) = run.cache.as_mut() {
+        cache.writes_unknown();
+    }
+    if let Err(e) = result {
         if !matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
             let _ = run.client.send_error(Severity::Fatal, e.sqlstate(), &e.to_string()).await;
         }
@@ -174,6 +180,8 @@ pub(crate) struct Session {
     routing: Option<SessionRouting>,
     /// What this session counts.
     metrics: SessionMetrics,
+    /// The result cache, when it is on.
+    cache: Option<cached::SessionCache>,
 }
 
 struct Running {
@@ -183,6 +191,17 @@ struct Running {
     ctx: Arc<Shared>,
     routing: Option<SessionRouting>,
     metrics: SessionMetrics,
+    cache: Option<cached::SessionCache>,
+}
+
+/// What the cache did with the client's next request.
+enum CacheStep {
+    /// Answered it.
+    Answered,
+    /// It is a miss to fill: run it on the primary.
+    Fill,
+    /// Not the cache's: route it as usual.
+    Pass,
 }
 
 /// A server connection checked out for a transaction, and how it was routed.
@@ -235,7 +254,13 @@ impl Running {
                 if self.client.buf[0] == b'X' {
                     return Ok(());
                 }
-                let placement = match self.place().await {
+                let step = if opts.release_at_idle { self.consult_cache().await? } else { CacheStep::Pass };
+                let placed = match step {
+                    CacheStep::Answered => continue,
+                    CacheStep::Fill => Ok(self.on_primary()),
+                    CacheStep::Pass => self.place().await,
+                };
+                let placement = match placed {
                     Ok(p) => p,
                     Err(e) => {
                         self.reject_request(&e).await?;
@@ -259,6 +284,9 @@ impl Running {
                         continue;
                     }
                     Err(e) => {
+                        if let Some(cache) = self.cache.as_mut() {
+                            cache.drop_fill();
+                        }
                         self.reject_request(&SessionError::Pool(e)).await?;
                         continue;
                     }
@@ -279,8 +307,23 @@ impl Running {
             let server = &mut h.server;
             self.cancel.slot.set((server.addr(), server.key()));
             let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
-            let end = relay::relay(&mut self.client, server, opts, registry, &mut timer, h.watch.as_mut()).await;
+            let end = relay::relay(
+                &mut self.client,
+                server,
+                opts,
+                registry,
+                &mut timer,
+                h.watch.as_mut(),
+                self.cache.as_mut(),
+            )
+            .await;
             self.cancel.slot.clear().await;
+            if let Some(cache) = self.cache.as_mut() {
+                cache.drop_fill();
+                if matches!(end, RelayEnd::ServerGone | RelayEnd::ServerProtocol(_)) {
+                    cache.writes_unknown();
+                }
+            }
             if self.client.pinned {
                 // Temporary tables, LISTEN, advisory locks...: gone before anyone else uses it.
                 server.needs_discard = true;
@@ -289,7 +332,7 @@ impl Running {
                 RelayEnd::CommitHeld => {
                     // The client learns of its commit only once the position is known, so that
                     // no read anywhere can begin after the commit and miss it.
-                    let ready = relay::take_held_ready(&mut self.client, &mut h.server, opts);
+                    let ready = relay::take_held_ready(&mut self.client, &mut h.server, opts, self.cache.as_mut());
                     self.learn_commit_position(&mut h.server).await;
                     h.answered_before += 1;
                     if let Some(w) = h.watch.as_mut() {
@@ -337,6 +380,34 @@ impl Running {
                 }
             }
         }
+    }
+
+    /// Answers the buffered request from the cache if it can; tells whether it is a miss to
+    /// fill. Outside transactions only (transaction mode, no server connection held).
+    async fn consult_cache(&mut self) -> Result<CacheStep, SessionError> {
+        let Some(cache) = self.cache.as_mut() else { return Ok(CacheStep::Pass) };
+        cache.use_classifier(&self.ctx.routing.load().classifier);
+        let max = self.client.scanner_max();
+        loop {
+            let c = &mut self.client;
+            match cache.lookup(&c.buf, max, &c.statements, &c.params, c.pinned) {
+                cached::Lookup::Hit { response, len } => {
+                    bytes::Buf::advance(&mut c.buf, len);
+                    c.send(&response).await?;
+                    self.metrics.transaction(MetricsRoute::Cache);
+                    self.metrics.queries(MetricsRoute::Cache, 1);
+                    return Ok(CacheStep::Answered);
+                }
+                cached::Lookup::Fill => return Ok(CacheStep::Fill),
+                cached::Lookup::Bypass => return Ok(CacheStep::Pass),
+                cached::Lookup::ReadMore => read_client(c, &self.ctx.shutdown).await?,
+            }
+        }
+    }
+
+    /// The primary, for a read whose answer will fill the cache.
+    fn on_primary(&self) -> Placement {
+        Placement { replica: None, watch: self.routing.as_ref().and_then(SessionRouting::primary_watch) }
     }
 
     /// Decides where the buffered request runs (transaction mode with read/write splitting).

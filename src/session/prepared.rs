@@ -118,6 +118,12 @@ impl ClientStatements {
         Some(&stmt.spec[..end])
     }
 
+    /// The Parse body after the name (query text, parameter count and types) of a statement,
+    /// by the client's name.
+    pub fn query_spec(&self, name: &[u8]) -> Option<&[u8]> {
+        Some(&self.by_name.get(std::str::from_utf8(name).ok()?)?.spec)
+    }
+
     /// Forgets one statement (DEALLOCATE name), returning its server name.
     pub fn forget(&mut self, name: &str) -> Option<Arc<str>> {
         self.by_name.remove(name).map(|s| s.server_name)

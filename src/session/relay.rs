@@ -4,6 +4,7 @@
 //! The relay ends when the server is back at an idle transaction boundary (transaction mode),
 //! when either side goes away, or when the client sits idle in a transaction too long.
 
+use super::cached::SessionCache;
 use super::client::ClientConn;
 use super::params::ParamSet;
 use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
@@ -74,11 +75,15 @@ struct ClientSide<'a> {
     watch: Option<&'a mut RouteWatch>,
     /// Stopped at a message that waits for the server's answers to earlier ones.
     waiting: bool,
+    /// The result cache, which notes what this session writes.
+    cache: Option<&'a mut SessionCache>,
 }
 
 impl Inspect for ClientSide<'_> {
     fn wants(&self, tag: u8, len: u32) -> Want {
         if self.watch.as_ref().is_some_and(|w| w.wants_body(tag)) {
+            Want::Body
+        } else if self.cache.is_some() && SessionCache::wants_client_body(tag) && len <= COPY_LIMIT {
             Want::Body
         } else if self.copying {
             if len > COPY_LIMIT {
@@ -115,6 +120,10 @@ impl ClientSide<'_> {
         if action == ClientAction::Terminate {
             self.terminated = true;
             return Flow::StopBefore;
+        }
+        if let Some(cache) = self.cache.as_deref_mut() {
+            let ready_seq = self.tracker.asked() + u64::from(self.tracker.unsynced());
+            cache.client_message(tag, body, ready_seq, self.statements.as_ref().map(|s| &*s.client));
         }
         if self.settings.is_some() && self.pin.is_none() {
             let text = match tag {
@@ -225,15 +234,19 @@ struct ServerSide<'a> {
     ready_seen: bool,
     /// It arrived.
     commit_held: bool,
+    /// The result cache: bumps committed writes, gathers a fill.
+    cache: Option<&'a mut SessionCache>,
 }
 
 impl Inspect for ServerSide<'_> {
-    fn wants(&self, tag: u8, _len: u32) -> Want {
+    fn wants(&self, tag: u8, len: u32) -> Want {
         if self.responses.swallows(tag) {
             Want::Stop
         } else if matches!(tag, b'Z' | b'S') || tag == b'E' && self.responses.wants_error_fields() {
             Want::Body
         } else if tag == b'C' && self.settings.as_ref().is_some_and(|s| s.wants_command_tags()) {
+            Want::Body
+        } else if self.cache.as_deref().is_some_and(|c| c.wants_server_body(tag, len)) {
             Want::Body
         } else {
             Want::Header
@@ -277,6 +290,10 @@ impl Inspect for ServerSide<'_> {
             }
             return Flow::Continue;
         }
+        if let Some(cache) = self.cache.as_deref_mut() {
+            // Before the client sees a commit's ReadyForQuery: its tables are bumped first.
+            cache.server_message(tag, body, self.tracker.answered() + 1);
+        }
         let idle = self.tracker.server_message(tag, body);
         if tag == b'E' && !body.is_empty() {
             self.responses.error_fields(body, self.statements, self.registry);
@@ -299,7 +316,12 @@ impl Inspect for ServerSide<'_> {
 
 /// Takes the ReadyForQuery a [`RelayEnd::CommitHeld`] left at the front of the server's
 /// buffer, accounts for it as the relay would have, and returns its bytes for the client.
-pub fn take_held_ready(client: &mut ClientConn, server: &mut ServerConnection, opts: RelayOptions) -> bytes::Bytes {
+pub fn take_held_ready(
+    client: &mut ClientConn,
+    server: &mut ServerConnection,
+    opts: RelayOptions,
+    cache: Option<&mut SessionCache>,
+) -> bytes::Bytes {
     let Ok(Some(h)) = crate::protocol::frame::peek_header(&server.buf, u32::MAX >> 1) else { return bytes::Bytes::new() };
     let ready = server.buf.split_to(h.total()).freeze();
     let mut insp = ServerSide {
@@ -316,6 +338,7 @@ pub fn take_held_ready(client: &mut ClientConn, server: &mut ServerConnection, o
         commit_held: false,
         stop_at_ready: false,
         ready_seen: false,
+        cache,
     };
     insp.message(h.tag, &ready[5..]);
     ready
@@ -379,8 +402,22 @@ pub async fn relay(
     registry: Option<&StatementRegistry>,
     timer: &mut Pin<Box<Sleep>>,
     watch: Option<&mut RouteWatch>,
+    cache: Option<&mut SessionCache>,
 ) -> RelayEnd {
-    let mut r = Relay { client, server, s_fwd: 0, opts, registry, timer, armed: false, watch, waiting: false };
+    let answered_before = server.tracker.answered();
+    let mut r = Relay {
+        client,
+        server,
+        s_fwd: 0,
+        opts,
+        registry,
+        timer,
+        armed: false,
+        watch,
+        waiting: false,
+        cache,
+        answered_before,
+    };
     let mut end = poll_fn(|cx| r.poll(cx)).await;
     if matches!(end, RelayEnd::ServerGone | RelayEnd::ServerProtocol(_)) {
         // A replica lost while its read can still run elsewhere, or between reads with nothing
@@ -429,6 +466,9 @@ struct Relay<'a> {
     watch: Option<&'a mut RouteWatch>,
     /// The client's next message waits for the server to answer more (see [`Rewrite::Wait`]).
     waiting: bool,
+    cache: Option<&'a mut SessionCache>,
+    /// ReadyForQuery messages the server had sent when this relay began.
+    answered_before: u64,
 }
 
 const READ_RESERVE: usize = 8192;
@@ -514,9 +554,10 @@ impl Relay<'_> {
             let rerouting = self.watch.as_ref().is_some_and(|w| w.reroute);
             // Release only when no whole header is waiting: a buffered message starts the next
             // transaction on this checkout (unless it must run elsewhere).
+            // With the cache on, also with the next request buffered: it may be a hit.
             if to_server_done
                 && to_client_done
-                && (c.buf.len() < 5 || rerouting)
+                && (c.buf.len() < 5 || rerouting || (self.cache.is_some() && s.tracker.answered() > self.answered_before))
                 && server_idle
                 && self.opts.release_at_idle
                 && !c.pinned
@@ -570,6 +611,7 @@ impl Relay<'_> {
                     pin: None,
                     watch: self.watch.as_deref_mut(),
                     waiting: false,
+                    cache: self.cache.as_deref_mut(),
                 };
                 let scanned = match c.scanner.scan(&c.buf, &mut insp) {
                     Ok(x) => x,
@@ -637,6 +679,7 @@ impl Relay<'_> {
                     commit_held: false,
                     stop_at_ready: self.watch.as_ref().is_some_and(|w| w.on_replica()),
                     ready_seen: false,
+                    cache: self.cache.as_deref_mut(),
                 };
                 let scanned = match s.scanner.scan(&s.buf, &mut insp) {
                     Ok(x) => x,

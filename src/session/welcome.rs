@@ -1,6 +1,7 @@
 //! From an accepted socket to a logged-in [`Session`]: startup, database lookup,
 //! authentication, the pool, the client's session parameters, and the welcome messages.
 
+use super::cached::SessionCache;
 use super::login::{self, Opening};
 use super::params::ParamSet;
 use super::route::SessionRouting;
@@ -68,6 +69,13 @@ pub(super) async fn login(
     let pool = ctx.pools.get_or_create(&config, &startup.database, db, &server_user, password);
     let params = session_params(&pool, &requested).await?;
 
+    let cache = ctx.cache.as_ref().map(|handle| {
+        let server_database = format!("{}/{}", db.primary, db.dbname.as_deref().unwrap_or(&startup.database));
+        let classifier = ctx.routing.load().classifier.clone();
+        let identity = [startup.database.as_str(), server_user.as_str(), startup.user.as_str()];
+        SessionCache::new(handle.clone(), classifier, &server_database, identity, &params)
+    });
+
     backend::auth_ok(&mut out);
     let welcome = pool.connector().welcome().unwrap_or_default();
     for (k, v) in &welcome.reported {
@@ -85,6 +93,7 @@ pub(super) async fn login(
         idle_transaction_timeout: config.pool.idle_transaction_timeout.non_zero(),
         routing,
         metrics,
+        cache,
     })))
 }
 

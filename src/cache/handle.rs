@@ -1,0 +1,48 @@
+//! The cache as the process shares it: the store, replaced whole when `[cache]` is reloaded
+//! with other settings, and the generations, which live as long as the process (a write must
+//! invalidate whatever store is current, including one created after it began).
+
+use super::{CacheSettings, Generations, ResultCache};
+use crate::metrics::cache::{CacheReport, CacheStats};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+/// The result cache of a running sluice.
+#[derive(Debug)]
+pub struct CacheHandle {
+    store: ArcSwap<ResultCache>,
+    /// Per-table generations, by server database.
+    pub generations: Generations,
+}
+
+impl CacheHandle {
+    /// An empty cache with `settings`.
+    pub fn new(settings: CacheSettings) -> Self {
+        Self { store: ArcSwap::from_pointee(ResultCache::new(settings)), generations: Generations::default() }
+    }
+
+    /// The current store.
+    pub fn store(&self) -> arc_swap::Guard<Arc<ResultCache>> {
+        self.store.load()
+    }
+
+    /// Takes new settings: an empty store replaces the current one if they differ. Returns
+    /// whether it did.
+    pub fn reconfigure(&self, settings: CacheSettings) -> bool {
+        if *self.store.load().settings() == settings {
+            return false;
+        }
+        self.store.store(Arc::new(ResultCache::new(settings)));
+        true
+    }
+}
+
+impl CacheReport for CacheHandle {
+    fn stats(&self) -> CacheStats {
+        self.store.load().stats()
+    }
+
+    fn clear(&self) -> u64 {
+        self.store.load().clear()
+    }
+}

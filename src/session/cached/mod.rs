@@ -1,0 +1,378 @@
+//! The result cache inside a session.
+//!
+//! - Before a request is sent anywhere, [`SessionCache::lookup`] judges it (a whole simple
+//!   Query, or a whole `[Parse] Bind [Describe] Execute Sync` segment; see [`segment`]),
+//!   classifies it and asks [`crate::cache::decide`] whether it may be cached. A hit is
+//!   written to the client as stored, ReadyForQuery included: no server is checked out. A
+//!   miss takes a snapshot of its tables' generations and becomes a [`Fill`], which runs on
+//!   the primary.
+//! - While the relay forwards the fill's answer, [`SessionCache::server_message`] gathers it
+//!   and stores it at its ReadyForQuery, if it is a complete, error-free result.
+//! - Every request this session sends is noted in its [`WriteSet`] (the relay calls
+//!   [`SessionCache::client_message`]); at each ReadyForQuery, before the client sees it, the
+//!   tables of committed writes are bumped. Rolled-back writes bump nothing; a write whose
+//!   outcome is unknown when the session ends is taken as committed.
+//!
+//! Fills run on the primary even when reads are routed to replicas: an answer from the
+//! primary, read after the snapshot, is never older than a commit sluice has bumped, while a
+//! replica's may be. Hits take nothing from either.
+
+mod segment;
+#[cfg(test)]
+mod tests;
+
+use crate::cache::{check_bind, decide, CacheHandle, Capture, DatabaseGenerations, GenSnapshot, ReadContext};
+use crate::cache::{Request as KeyRequest, ResultCache, SessionKey, Verdict, WriteSet};
+use crate::router::classify::{Classification, Classifier, StatementClass};
+use crate::router::request_text;
+use crate::session::params::ParamSet;
+use crate::session::prepared::ClientStatements;
+use bytes::Bytes;
+use segment::{Judged, Shape};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the cache made of the client's next request.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Answered: send `response` and drop the request's `len` bytes.
+    Hit {
+        /// The stored answer, ReadyForQuery included.
+        response: Bytes,
+        /// The request's length in the client's buffer.
+        len: usize,
+    },
+    /// Not stored: run it on the primary; its answer will be stored.
+    Fill,
+    /// Not for the cache: route and run it as usual.
+    Bypass,
+    /// Only part of the request is buffered: read more and look again.
+    ReadMore,
+}
+
+/// One session's view of the cache.
+pub struct SessionCache {
+    handle: Arc<CacheHandle>,
+    generations: Arc<DatabaseGenerations>,
+    classifier: Arc<Classifier>,
+    database: String,
+    server_user: String,
+    client_user: String,
+    /// The session's key, and the fingerprint of the parameters it was made from.
+    key: SessionKey,
+    key_params: u64,
+    /// Writes not yet known to be committed or rolled back.
+    writes: WriteSet,
+    /// The miss whose answer is being gathered.
+    fill: Option<Fill>,
+    /// What a request that cannot be read is taken for: a write to anything.
+    unknown_write: Arc<Classification>,
+    /// The classification of the unnamed statement, from its Parse.
+    unnamed: Option<Arc<Classification>>,
+}
+
+impl SessionCache {
+    /// The cache for a client of `database` (the server database `server_database`, which
+    /// keys the generations), logged in as `client_user`, running as `server_user`.
+    pub(crate) fn new(
+        handle: Arc<CacheHandle>,
+        classifier: Arc<Classifier>,
+        server_database: &str,
+        identity: [&str; 3],
+        params: &ParamSet,
+    ) -> Self {
+        let [database, server_user, client_user] = identity.map(str::to_owned);
+        let generations = handle.generations.database(server_database);
+        let key = handle.store().session_key(&database, &server_user, &client_user, params.iter());
+        let unknown_write = Arc::new(Classification {
+            class: StatementClass::Write,
+            hints: Default::default(),
+            tables: Box::new([]),
+            writes_unknown: true,
+        });
+        Self {
+            handle,
+            generations,
+            classifier,
+            database,
+            server_user,
+            client_user,
+            key,
+            key_params: params.fingerprint(),
+            writes: WriteSet::new(),
+            fill: None,
+            unknown_write,
+            unnamed: None,
+        }
+    }
+
+    /// Uses `classifier` from now on (the routing table was reloaded).
+    pub(crate) fn use_classifier(&mut self, classifier: &Arc<Classifier>) {
+        if !Arc::ptr_eq(&self.classifier, classifier) {
+            self.classifier = classifier.clone();
+        }
+    }
+
+    /// Looks up the request at the start of `buf`, outside any transaction, for a session
+    /// with `params` (`pinned`: bound to a server connection, which may hold temporary tables).
+    pub(crate) fn lookup(
+        &mut self,
+        buf: &[u8],
+        max_message: u32,
+        statements: &ClientStatements,
+        params: &ParamSet,
+        pinned: bool,
+    ) -> Lookup {
+        let request = match segment::judge(buf, max_message, statements) {
+            Judged::Cacheable(r) => r,
+            Judged::Partial => return Lookup::ReadMore,
+            Judged::Not => return Lookup::Bypass,
+        };
+        let Ok(text) = std::str::from_utf8(request.text) else { return Lookup::Bypass };
+        let classification = self.classifier.classify(text);
+        let store = self.handle.store();
+        let ctx = ReadContext { classification: &classification, text, in_transaction: false, session_bound: pinned };
+        let Verdict::Cache { ttl } = decide(&ctx, store.settings()) else { return Lookup::Bypass };
+        if request.bind.is_some_and(|b| check_bind(b).is_err()) {
+            return Lookup::Bypass;
+        }
+        if params.fingerprint() != self.key_params {
+            self.key = store.session_key(&self.database, &self.server_user, &self.client_user, params.iter());
+            self.key_params = params.fingerprint();
+        }
+        let key_request = key_request(&request);
+        let key = store.key(&self.key, key_request);
+        if let Some(response) = store.get(&key, Instant::now()) {
+            return Lookup::Hit { response, len: request.len };
+        }
+        // Taken before the read is sent: a commit bumped after this makes the fill stale.
+        let snapshot = self.generations.snapshot(&classification.tables);
+        self.fill = Some(Fill::new(arc_swap::Guard::into_inner(store), &self.key, &request, snapshot, ttl));
+        Lookup::Fill
+    }
+
+    /// Forgets a fill that will not run (its request was refused before reaching a server).
+    pub(crate) fn drop_fill(&mut self) {
+        self.fill = None;
+    }
+
+    /// Whether the relay needs the body of a client message (to see what it writes).
+    pub(crate) fn wants_client_body(tag: u8) -> bool {
+        matches!(tag, b'Q' | b'P' | b'B')
+    }
+
+    /// A client message went to the server; `ready_seq` numbers the ReadyForQuery that will
+    /// answer it. `body` is empty if the relay did not read it (too large): a Query, Parse or
+    /// Bind unread is taken for a write to anything. A statement is noted when it runs (Query,
+    /// Bind), not when it is parsed; the unnamed statement's classification is kept from its
+    /// Parse to its Binds.
+    pub(crate) fn client_message(&mut self, tag: u8, body: &[u8], ready_seq: u64, statements: Option<&ClientStatements>) {
+        let classification = match tag {
+            b'Q' | b'B' if body.is_empty() => self.unknown_write.clone(),
+            b'P' if body.is_empty() => {
+                self.unnamed = Some(self.unknown_write.clone());
+                return;
+            }
+            b'P' => {
+                if body.first() == Some(&0) {
+                    self.unnamed = Some(self.classify(request_text(tag, body, |_| None)));
+                }
+                return;
+            }
+            b'Q' => self.classify(request_text(tag, body, |_| None)),
+            b'B' => {
+                let named = |name: &[u8]| statements.and_then(|s| s.query_text(name));
+                match request_text(tag, body, named) {
+                    Some(text) => self.classify(Some(text)),
+                    None if unnamed_bind(body) => self.unnamed.clone().unwrap_or_else(|| self.unknown_write.clone()),
+                    None => self.unknown_write.clone(),
+                }
+            }
+            // A function call may write anything.
+            b'F' => self.unknown_write.clone(),
+            _ => return,
+        };
+        self.writes.sent(ready_seq, &classification);
+    }
+
+    /// The classification of a request's text; text that cannot be read is a write to
+    /// anything.
+    fn classify(&self, text: Option<&[u8]>) -> Arc<Classification> {
+        match text {
+            Some(text) => self.classifier.classify(std::str::from_utf8(text).unwrap_or("\u{fffd}")),
+            None => self.unknown_write.clone(),
+        }
+    }
+
+    /// Whether the relay needs the body of a server message.
+    pub(crate) fn wants_server_body(&self, tag: u8, len: u32) -> bool {
+        (tag == b'C' && self.writes.wants_command_tags())
+            || self.fill.as_ref().is_some_and(|f| f.wants_body(tag, len))
+    }
+
+    /// A server message is about to be relayed; `ready_seq` numbers the ReadyForQuery it is
+    /// or precedes. At a ReadyForQuery, committed writes are bumped, and a fill that is
+    /// complete is stored.
+    pub(crate) fn server_message(&mut self, tag: u8, body: &[u8], ready_seq: u64) {
+        if tag == b'C' && self.writes.wants_command_tags() {
+            self.writes.command_complete(body);
+        }
+        if tag == b'Z' {
+            let status = body.first().copied().unwrap_or(b'I');
+            if self.writes.ready(ready_seq, status, &self.generations) {
+                tracing::trace!("a commit invalidated cached reads");
+            }
+        }
+        if let Some(fill) = self.fill.as_mut() {
+            if fill.server_message(tag, body) {
+                if let Some(fill) = self.fill.take() {
+                    fill.store(body.first().copied());
+                }
+            }
+        }
+    }
+
+    /// The session ends, or its server connection was lost: writes whose outcome is unknown
+    /// are taken as committed.
+    pub(crate) fn writes_unknown(&mut self) {
+        self.fill = None;
+        if !self.writes.is_empty() {
+            self.writes.commit(&self.generations);
+        }
+    }
+}
+
+/// Whether a Bind body names the unnamed statement.
+fn unnamed_bind(body: &[u8]) -> bool {
+    let portal_end = body.iter().position(|&b| b == 0);
+    portal_end.is_some_and(|i| body.get(i + 1) == Some(&0))
+}
+
+fn key_request<'a>(r: &'a segment::Request<'_>) -> KeyRequest<'a> {
+    match r.bind {
+        None => KeyRequest::Simple { text: r.spec },
+        Some(bind) => KeyRequest::Extended { text: r.spec, bind, shape: r.shape.as_slice() },
+    }
+}
+
+/// A miss being answered by the primary, gathered to be stored.
+pub(crate) struct Fill {
+    store: Arc<ResultCache>,
+    session: SessionKey,
+    spec: Box<[u8]>,
+    bind: Option<Box<[u8]>>,
+    shape: Shape,
+    snapshot: GenSnapshot,
+    ttl: Duration,
+    /// The answer as the client sees it: ParseComplete and BindComplete (which sluice may
+    /// answer itself, so they are written here rather than captured), then the server's
+    /// messages.
+    capture: Capture,
+    /// ParameterDescription and RowDescription/NoData answers expected (extended) and seen.
+    expected_descriptions: (u8, u8),
+    seen_descriptions: (u8, u8),
+    /// The last result message was CommandComplete or EmptyQueryResponse.
+    complete: bool,
+}
+
+impl Fill {
+    fn new(store: Arc<ResultCache>, session: &SessionKey, r: &segment::Request<'_>, snapshot: GenSnapshot, ttl: Duration) -> Self {
+        let mut capture = Capture::new(store.settings().max_result_bytes);
+        let shape = r.shape;
+        let tags = shape.as_slice();
+        if tags.contains(&b'P') {
+            capture.push_message(b'1', &[]);
+        }
+        if tags.contains(&b'B') {
+            capture.push_message(b'2', &[]);
+        }
+        let describes = tags.windows(2).find(|w| w[0] == b'D').map(|w| w[1]);
+        let expected_descriptions = match describes {
+            Some(b'S') => (1, 1),
+            Some(_) => (0, 1),
+            None => (0, 0),
+        };
+        Self {
+            store,
+            session: session.clone(),
+            spec: r.spec.into(),
+            bind: r.bind.map(Into::into),
+            shape,
+            snapshot,
+            ttl,
+            capture,
+            expected_descriptions,
+            seen_descriptions: (0, 0),
+            complete: false,
+        }
+    }
+
+    fn extended(&self) -> bool {
+        self.bind.is_some()
+    }
+
+    fn wants_body(&self, tag: u8, len: u32) -> bool {
+        matches!(tag, b'T' | b'D' | b'C' | b't')
+            && !self.capture.is_abandoned()
+            && self.capture.len() + 1 + len as usize <= self.store.settings().max_result_bytes
+    }
+
+    /// Takes one server message; `true` at the ReadyForQuery that ends the answer.
+    fn server_message(&mut self, tag: u8, body: &[u8]) -> bool {
+        let extended = self.extended();
+        let keep = match tag {
+            b'Z' => return true,
+            // sluice's own acknowledgements are in the capture already.
+            b'1' | b'2' | b'3' => return false,
+            // Without its body, a message is over the size bound.
+            b'T' | b'D' | b'C' | b't' if body.is_empty() => false,
+            b't' if extended => {
+                self.seen_descriptions.0 += 1;
+                true
+            }
+            b'n' if extended => {
+                self.seen_descriptions.1 += 1;
+                true
+            }
+            b'T' => {
+                if extended {
+                    self.seen_descriptions.1 += 1;
+                }
+                true
+            }
+            b'D' => true,
+            b'C' | b'I' => {
+                self.complete = true;
+                true
+            }
+            // Errors, notices, COPY, PortalSuspended...: not a result to keep.
+            _ => false,
+        };
+        if keep && tag != b'C' && tag != b'I' {
+            self.complete = false;
+        }
+        if !keep || !self.capture.push_message(tag, body) {
+            self.capture.abandon();
+        }
+        false
+    }
+
+    /// Stores the answer if it is whole and the session is back outside a transaction.
+    fn store(mut self, status: Option<u8>) {
+        let whole = status == Some(b'I')
+            && self.complete
+            && (!self.extended() || self.seen_descriptions == self.expected_descriptions);
+        if !whole || !self.capture.push_message(b'Z', b"I") {
+            return;
+        }
+        let Some(response) = self.capture.finish() else { return };
+        let request = match &self.bind {
+            None => KeyRequest::Simple { text: &self.spec },
+            Some(bind) => KeyRequest::Extended { text: &self.spec, bind, shape: self.shape.as_slice() },
+        };
+        let key = self.store.key(&self.session, request);
+        if let Err(e) = self.store.insert(&key, self.snapshot, response, self.ttl, Instant::now()) {
+            tracing::trace!(error = %e, "answer not cached");
+        }
+    }
+}
