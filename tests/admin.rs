@@ -217,8 +217,8 @@ async fn only_admin_users_get_in_and_errors_leave_the_console_usable() {
     assert_eq!(sqlstate(&e), "0A000");
     let e = c.simple_query("SHOW CLIENTS").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
-    let e = c.simple_query("PAUSE").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000");
+    let e = c.simple_query("PAUSE nosuchdb").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "3D000");
     let e = c.simple_query("KILL nosuchdb").await.unwrap_err();
     assert_eq!(sqlstate(&e), "3D000");
     // After an error, the rest of the query string is skipped.
@@ -368,4 +368,67 @@ async fn metrics_endpoint_serves_the_interface_names() {
 
     let (status, _) = tokio::task::spawn_blocking(move || http_get(metrics, "/")).await.unwrap();
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+}
+
+/// Whether `f` is still pending after the other side had a fair chance to act (a negative check:
+/// it gives the future a short while to finish and reports that it did not).
+async fn still_pending<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+    tokio::time::timeout(Duration::from_millis(300), f).await.is_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() {
+    let db = unique_db("admin_pause");
+    let proxy = start_proxy(&db, "[pool]\nsize = 2").await;
+    let busy = proxy.connect().await;
+    busy.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    busy.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+    let console = admin(proxy.addr).await;
+
+    // PAUSE returns only once the open transaction has ended.
+    let mut pause = Box::pin(console.simple_query("PAUSE"));
+    assert!(still_pending(&mut pause).await, "PAUSE returned while a transaction was running");
+    busy.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), pause).await.expect("PAUSE finishes").expect("PAUSE succeeds");
+    assert_eq!(backends(&db, ""), 0, "PAUSE closes the idle server connections");
+
+    // A new transaction waits, without an error, until RESUME.
+    let waiter = proxy.connect().await;
+    let mut read = Box::pin(waiter.simple_query("SELECT count(*) FROM t"));
+    assert!(still_pending(&mut read).await, "a transaction ran while paused");
+    let console2 = admin(proxy.addr).await;
+    console2.simple_query("RESUME").await.expect("RESUME");
+    let rows = tokio::time::timeout(Duration::from_secs(10), read).await.expect("resumed").expect("no error");
+    let count = rows.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(count.as_deref(), Some("1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_ends_the_sessions_of_a_database_and_holds_new_ones_until_resume() {
+    let db = unique_db("admin_kill");
+    let proxy = start_proxy(&db, "[pool]\nsize = 2").await;
+    let victim = proxy.connect().await;
+    victim.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    victim.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+    let console = admin(proxy.addr).await;
+    console.simple_query(&format!("KILL {db}")).await.expect("KILL");
+    let err = victim.simple_query("SELECT 1").await.expect_err("the killed session is gone");
+    assert!(err.is_closed() || err.code().is_some_and(|c| c.code() == "57P01"), "{err}");
+    // Its transaction did not commit.
+    assert!(eventually(Duration::from_secs(10), || backends(&db, "idle in transaction") == 0).await);
+    assert_eq!(on_primary_db(&db, "SELECT count(*) FROM t").trim(), "0");
+
+    // A new client waits for RESUME.
+    let next = proxy.connect().await;
+    let mut read = Box::pin(next.simple_query("SELECT 1"));
+    assert!(still_pending(&mut read).await, "a killed database took a transaction before RESUME");
+    console.simple_query(&format!("RESUME {db}")).await.expect("RESUME");
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("resumed").expect("no error");
+}
+
+fn on_primary_db(db: &str, sql: &str) -> String {
+    cluster().primary.psql(db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }

@@ -144,7 +144,7 @@ async fn execute(text: &str, ctx: &Arc<Shared>) -> Result<Reply, AdminError> {
         Command::Shutdown => Ok(control::shutdown(ctx)),
         Command::Set { key, value } => control::set(ctx, &key, &value),
         Command::CacheClear => Ok(control::cache_clear(ctx)),
-        Command::Pause(db) => control::pause(ctx, db.as_deref()),
+        Command::Pause(db) => control::pause(ctx, db.as_deref()).await,
         Command::Resume(db) => control::resume(ctx, db.as_deref()),
         Command::Kill(db) => control::kill(ctx, &db),
     }

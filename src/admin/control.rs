@@ -1,5 +1,5 @@
-//! The commands that change something: RELOAD, SET, SHUTDOWN, CACHE CLEAR; and PAUSE, RESUME
-//! and KILL, which sessions do not support yet and are refused with 0A000.
+//! The commands that change something: RELOAD, SET, SHUTDOWN, CACHE CLEAR, PAUSE, RESUME and
+//! KILL.
 
 use super::result::Reply;
 use super::settings;
@@ -70,36 +70,54 @@ fn known(ctx: &Shared, db: &str) -> Result<(), AdminError> {
     }
 }
 
-fn needs_sessions(command: &str) -> AdminError {
-    AdminError::NotImplemented(format!(
-        "{command} is not implemented yet: sessions do not yet check a per-database gate before \
-         taking a server connection"
-    ))
+/// The pools serving `db` (every pool without one).
+fn pools_of(ctx: &Shared, db: Option<&str>) -> Vec<crate::session::ServerPool> {
+    ctx.pools.all().into_iter().filter(|(key, _)| db.is_none_or(|d| key.database == d)).map(|(_, p)| p).collect()
 }
 
-/// PAUSE [db]: refused until sessions check a pause gate before checkout.
+/// PAUSE [db]: new transactions of `db` (of every database without one) wait, with no error,
+/// until RESUME; this returns once the transactions running now have finished and handed their
+/// server connections back, and after closing the idle ones, so that Postgres can be restarted
+/// or failed over underneath.
 ///
 /// # Errors
-/// [`AdminError::UnknownDatabase`] or [`AdminError::NotImplemented`].
-pub fn pause(ctx: &Shared, db: Option<&str>) -> Result<Reply, AdminError> {
+/// [`AdminError::UnknownDatabase`].
+pub async fn pause(ctx: &Shared, db: Option<&str>) -> Result<Reply, AdminError> {
     db.map_or(Ok(()), |d| known(ctx, d))?;
-    Err(needs_sessions("PAUSE"))
+    ctx.gates.pause(db);
+    tracing::info!(database = db.unwrap_or("(all)"), "PAUSE: waiting for running transactions");
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(10));
+    loop {
+        let pools = pools_of(ctx, db);
+        if pools.iter().all(|p| p.state().active == 0) {
+            let closed: usize = pools.iter().map(|p| p.close_idle()).sum();
+            tracing::info!(database = db.unwrap_or("(all)"), closed, "paused");
+            return Ok(Reply::done("PAUSE"));
+        }
+        tick.tick().await;
+    }
 }
 
-/// RESUME [db]: refused like PAUSE.
+/// RESUME [db]: lets the transactions PAUSE (or KILL) held go on.
 ///
 /// # Errors
-/// [`AdminError::UnknownDatabase`] or [`AdminError::NotImplemented`].
+/// [`AdminError::UnknownDatabase`].
 pub fn resume(ctx: &Shared, db: Option<&str>) -> Result<Reply, AdminError> {
     db.map_or(Ok(()), |d| known(ctx, d))?;
-    Err(needs_sessions("RESUME"))
+    let notice = (!ctx.gates.resume(db)).then(|| "nothing was paused".to_owned());
+    tracing::info!(database = db.unwrap_or("(all)"), "RESUME");
+    Ok(Reply::Done { tag: "RESUME", notice })
 }
 
-/// KILL db: refused until sessions can be ended per database.
+/// KILL db: ends every client session of `db` at once (running transactions are cut off
+/// and their server connections closed) and pauses it: new clients wait for RESUME.
 ///
 /// # Errors
-/// [`AdminError::UnknownDatabase`] or [`AdminError::NotImplemented`].
+/// [`AdminError::UnknownDatabase`].
 pub fn kill(ctx: &Shared, db: &str) -> Result<Reply, AdminError> {
     known(ctx, db)?;
-    Err(AdminError::NotImplemented("KILL is not implemented yet: sessions cannot yet be ended per database".to_owned()))
+    ctx.gates.kill(db);
+    let closed: usize = pools_of(ctx, Some(db)).iter().map(|p| p.close_idle()).sum();
+    tracing::info!(database = db, closed, "KILL");
+    Ok(Reply::done("KILL"))
 }

@@ -2,10 +2,12 @@
 //! cancel keys), background pool maintenance, reload and shutdown.
 
 mod cancel;
+mod gates;
 mod pools;
 mod replicas;
 
 pub use cancel::{CancelRegistration, CancelRegistry, CancelSlot};
+pub use gates::DatabaseGates;
 pub use pools::{settings_for, PoolKey, PoolRegistry};
 pub use replicas::{DatabaseReplicas, ReplicaRegistry, RoutingTable};
 
@@ -69,6 +71,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Where RELOAD on the admin console reads the configuration from.
     pub reload_source: OnceLock<ConfigSource>,
+    /// PAUSE / RESUME / KILL per database.
+    pub gates: DatabaseGates,
     /// The result cache, when `cache.enabled` was set at start.
     pub cache: Option<Arc<crate::cache::CacheHandle>>,
     clients: AtomicUsize,
@@ -169,6 +173,7 @@ impl Sluice {
             shutdown: CancellationToken::new(),
             metrics,
             reload_source: OnceLock::new(),
+            gates: DatabaseGates::default(),
             cache,
             clients: AtomicUsize::new(0),
         });

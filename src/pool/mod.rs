@@ -260,6 +260,13 @@ impl<C: Connect> Pool<C> {
         }
     }
 
+    /// Closes the idle connections (checked-out ones come back as usual); returns how many.
+    pub fn close_idle(&self) -> usize {
+        let idle = std::mem::take(&mut *self.inner.lock_idle());
+        self.inner.stats.closed.fetch_add(idle.len() as u64, Ordering::Relaxed);
+        idle.len()
+    }
+
     /// Closes the pool: idle connections are dropped, waiters and later checkouts fail.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);

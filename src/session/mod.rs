@@ -39,6 +39,7 @@ use crate::router::Wanted;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// A pool of server connections as sessions use it.
 pub type ServerPool = crate::pool::Pool<PgConnector>;
@@ -76,6 +77,9 @@ pub enum SessionError {
     /// sluice is shutting down.
     #[error("sluice is shutting down")]
     Shutdown,
+    /// The database was killed from the admin console.
+    #[error("terminated by the admin console (KILL)")]
+    Killed,
     /// The client stayed idle inside a transaction too long.
     #[error("terminating connection due to idle-in-transaction timeout")]
     IdleInTransaction,
@@ -102,22 +106,37 @@ impl SessionError {
             SessionError::Pool(PoolError::Connect(e)) => e.sqlstate(),
             SessionError::Pool(_) | SessionError::NoReplica => SqlState::CANNOT_CONNECT_NOW,
             SessionError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
-            SessionError::Shutdown => SqlState::ADMIN_SHUTDOWN,
+            SessionError::Shutdown | SessionError::Killed => SqlState::ADMIN_SHUTDOWN,
             SessionError::IdleInTransaction => SqlState::IDLE_IN_TRANSACTION_TIMEOUT,
             SessionError::Io(_) | SessionError::ClientGone | SessionError::ServerLost => SqlState::CONNECTION_FAILURE,
         }
     }
 }
 
-/// Reads more from the client into its buffer; ends the session on EOF or shutdown.
-async fn read_client(client: &mut ClientConn, shutdown: &tokio_util::sync::CancellationToken) -> Result<(), SessionError> {
+/// What ends a session that is waiting: sluice shutting down, or its database killed.
+struct Stops {
+    shutdown: CancellationToken,
+    kill: CancellationToken,
+}
+
+impl Stops {
+    /// Runs `f` unless a stop comes first.
+    async fn until<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, SessionError> {
+        tokio::select! {
+            biased;
+            _ = self.kill.cancelled() => Err(SessionError::Killed),
+            _ = self.shutdown.cancelled() => Err(SessionError::Shutdown),
+            r = f => Ok(r),
+        }
+    }
+}
+
+/// Reads more from the client into its buffer; ends the session on EOF, shutdown or KILL.
+async fn read_client(client: &mut ClientConn, stops: &Stops) -> Result<(), SessionError> {
     if client.buf.capacity() - client.buf.len() < 512 {
         client.buf.reserve(client::CLIENT_BUF);
     }
-    let read = tokio::select! {
-        r = tokio::io::AsyncReadExt::read_buf(&mut client.stream, &mut client.buf) => r?,
-        _ = shutdown.cancelled() => return Err(SessionError::Shutdown),
-    };
+    let read = stops.until(tokio::io::AsyncReadExt::read_buf(&mut client.stream, &mut client.buf)).await??;
     if read == 0 {
         return Err(SessionError::ClientGone);
     }
@@ -140,9 +159,10 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
     };
-    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache } = session;
+    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache, database } = session;
     let client = ClientConn::new(stream, buf, session_max(&ctx), client);
-    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache };
+    let stops = Stops { shutdown: ctx.shutdown.clone(), kill: ctx.gates.kill_token(&database) };
+    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache, database, stops };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
     let result = run.run(opts).await;
     if let Some(cache) = run.cache.as_mut() {
@@ -182,6 +202,8 @@ pub(crate) struct Session {
     metrics: SessionMetrics,
     /// The result cache, when it is on.
     cache: Option<cached::SessionCache>,
+    /// The database the client connected to.
+    database: String,
 }
 
 struct Running {
@@ -192,6 +214,8 @@ struct Running {
     routing: Option<SessionRouting>,
     metrics: SessionMetrics,
     cache: Option<cached::SessionCache>,
+    database: String,
+    stops: Stops,
 }
 
 /// What the cache did with the client's next request.
@@ -272,7 +296,9 @@ impl Running {
                     None => (self.pool.clone(), None),
                 };
                 let started = std::time::Instant::now();
-                let checkout = pool.checkout().await;
+                // PAUSE holds new transactions here, with no server connection taken.
+                self.stops.until(self.ctx.gates.wait_open(&self.database)).await?;
+                let checkout = self.stops.until(pool.checkout()).await?;
                 self.metrics.waited(started.elapsed());
                 let mut server = match checkout {
                     Ok(s) => s,
@@ -307,7 +333,7 @@ impl Running {
             let server = &mut h.server;
             self.cancel.slot.set((server.addr(), server.key()));
             let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
-            let end = relay::relay(
+            let relayed = relay::relay(
                 &mut self.client,
                 server,
                 opts,
@@ -315,8 +341,17 @@ impl Running {
                 &mut timer,
                 h.watch.as_mut(),
                 self.cache.as_mut(),
-            )
-            .await;
+            );
+            let end = tokio::select! {
+                end = relayed => end,
+                _ = self.stops.kill.cancelled() => {
+                    // Whatever the server was doing, its connection goes.
+                    if let Some(h) = held.take() {
+                        h.server.discard();
+                    }
+                    return Err(SessionError::Killed);
+                }
+            };
             self.cancel.slot.clear().await;
             if let Some(cache) = self.cache.as_mut() {
                 cache.drop_fill();
@@ -400,7 +435,7 @@ impl Running {
                 }
                 cached::Lookup::Fill => return Ok(CacheStep::Fill),
                 cached::Lookup::Bypass => return Ok(CacheStep::Pass),
-                cached::Lookup::ReadMore => read_client(c, &self.ctx.shutdown).await?,
+                cached::Lookup::ReadMore => read_client(c, &self.stops).await?,
             }
         }
     }
@@ -423,7 +458,7 @@ impl Running {
             match Segment::judge(&self.client.buf, max, &classifier, Some(&self.client.statements)) {
                 Segment::Whole { wanted, len } => break (wanted, len),
                 Segment::Unfinished => break (Wanted::Primary, 0),
-                Segment::Partial => read_client(&mut self.client, &self.ctx.shutdown).await?,
+                Segment::Partial => read_client(&mut self.client, &self.stops).await?,
             }
         };
         routing.place(wanted, len).map_err(|_| SessionError::NoReplica)
@@ -432,7 +467,8 @@ impl Running {
     /// Checks out a primary connection for a read whose replica failed.
     async fn checkout_primary(&mut self, watch: Option<RouteWatch>) -> Result<Option<Held>, SessionError> {
         let started = std::time::Instant::now();
-        let checkout = self.pool.checkout().await;
+        self.stops.until(self.ctx.gates.wait_open(&self.database)).await?;
+        let checkout = self.stops.until(self.pool.checkout()).await?;
         self.metrics.waited(started.elapsed());
         match checkout {
             Ok(mut server) => {
@@ -478,7 +514,7 @@ impl Running {
                 return Ok(());
             }
             self.client.shrink_if_idle();
-            read_client(&mut self.client, &self.ctx.shutdown).await?;
+            read_client(&mut self.client, &self.stops).await?;
         }
     }
 

@@ -94,6 +94,7 @@ pub(super) async fn login(
         routing,
         metrics,
         cache,
+        database: startup.database.clone(),
     })))
 }
 
