@@ -158,6 +158,12 @@ impl DatabaseGenerations {
         self.commits.fetch_add(1, AcqRel);
     }
 
+    /// How many writes that may have changed any table (or object) were committed: it only
+    /// grows.
+    pub fn everything_seq(&self) -> u64 {
+        self.everything.load(Acquire)
+    }
+
     /// How many commits have bumped generations: it only grows.
     pub fn commit_seq(&self) -> u64 {
         self.commits.load(Acquire)

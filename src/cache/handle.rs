@@ -2,7 +2,9 @@
 //! with other settings, and the generations, which live as long as the process (a write must
 //! invalidate whatever store is current, including one created after it began).
 
+use super::relations::RelationKinds;
 use super::{CacheSettings, Generations, ResultCache};
+use dashmap::DashMap;
 use crate::metrics::cache::{CacheReport, CacheStats};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -13,12 +15,26 @@ pub struct CacheHandle {
     store: ArcSwap<ResultCache>,
     /// Per-table generations, by server database.
     pub generations: Generations,
+    /// What kind each relation is, by server database.
+    relations: DashMap<Box<str>, Arc<RelationKinds>>,
 }
 
 impl CacheHandle {
     /// An empty cache with `settings`.
     pub fn new(settings: CacheSettings) -> Self {
-        Self { store: ArcSwap::from_pointee(ResultCache::new(settings)), generations: Generations::default() }
+        Self {
+            store: ArcSwap::from_pointee(ResultCache::new(settings)),
+            generations: Generations::default(),
+            relations: DashMap::new(),
+        }
+    }
+
+    /// The relation kinds of a server database.
+    pub fn relations(&self, database: &str) -> Arc<RelationKinds> {
+        if let Some(r) = self.relations.get(database) {
+            return r.clone();
+        }
+        self.relations.entry(database.into()).or_default().clone()
     }
 
     /// The current store.

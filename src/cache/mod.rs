@@ -12,6 +12,8 @@
 //!   forgotten at its rollback;
 //! - [`capture`]: the bytes of a response, gathered while they are relayed, within a size cap;
 //! - [`handle`]: [`CacheHandle`], the store and generations as the process shares them;
+//! - [`relations`]: which relations reads may be cached over (tables, not views), learned
+//!   from the server's catalog;
 //! - [`store`]: [`ResultCache`], the bounded store (moka, TinyLFU, weighed in bytes, an expiry
 //!   per entry) that checks generations before it serves;
 //! - [`volatility`]: what in a statement's text makes its result depend on more than its
@@ -50,6 +52,7 @@ mod error;
 pub mod generations;
 pub mod handle;
 pub mod key;
+pub mod relations;
 pub mod settings;
 pub mod store;
 #[cfg(test)]

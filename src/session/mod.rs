@@ -327,6 +327,16 @@ impl Running {
                     held = self.checkout_primary(watch).await?;
                     continue;
                 }
+                if let Some(cache) = self.cache.as_mut() {
+                    if let Some(sql) = cache.relations_query() {
+                        // Views and foreign tables are not cached: the catalog says which these are.
+                        let kinds = server.run_internal_scalar(&sql).await;
+                        if let Err(e) = &kinds {
+                            tracing::debug!(error = %e, "relation kinds unknown; the read is not cached");
+                        }
+                        cache.relations_checked(kinds.ok().flatten().as_deref());
+                    }
+                }
                 held = Some(Held::new(server, placement.watch, replica));
             }
             let Some(h) = held.as_mut() else { continue };

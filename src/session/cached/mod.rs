@@ -21,6 +21,7 @@ mod segment;
 #[cfg(test)]
 mod tests;
 
+use crate::cache::relations::{relkind_query, RelationKinds};
 use crate::cache::{check_bind, decide, CacheHandle, Capture, DatabaseGenerations, GenSnapshot, ReadContext};
 use crate::cache::{Request as KeyRequest, ResultCache, SessionKey, Verdict, WriteSet};
 use crate::router::classify::{Classification, Classifier, StatementClass};
@@ -54,6 +55,7 @@ pub(crate) enum Lookup {
 pub struct SessionCache {
     handle: Arc<CacheHandle>,
     generations: Arc<DatabaseGenerations>,
+    relations: Arc<RelationKinds>,
     classifier: Arc<Classifier>,
     database: String,
     server_user: String,
@@ -83,6 +85,7 @@ impl SessionCache {
     ) -> Self {
         let [database, server_user, client_user] = identity.map(str::to_owned);
         let generations = handle.generations.database(server_database);
+        let relations = handle.relations(server_database);
         let key = handle.store().session_key(&database, &server_user, &client_user, params.iter());
         let unknown_write = Arc::new(Classification {
             class: StatementClass::Write,
@@ -93,6 +96,7 @@ impl SessionCache {
         Self {
             handle,
             generations,
+            relations,
             classifier,
             database,
             server_user,
@@ -136,6 +140,17 @@ impl SessionCache {
         if request.bind.is_some_and(|b| check_bind(b).is_err()) {
             return Lookup::Bypass;
         }
+        // Views and foreign tables are not cached; names not seen yet are checked on the server.
+        let search_path = params.get("search_path").unwrap_or("");
+        let epoch = self.generations.everything_seq();
+        let mut unresolved = Vec::new();
+        for table in classification.tables.iter() {
+            match self.relations.verdict(search_path, table, epoch) {
+                Some(true) => {}
+                Some(false) => return Lookup::Bypass,
+                None => unresolved.push(table.clone()),
+            }
+        }
         if params.fingerprint() != self.key_params {
             self.key = store.session_key(&self.database, &self.server_user, &self.client_user, params.iter());
             self.key_params = params.fingerprint();
@@ -147,8 +162,37 @@ impl SessionCache {
         }
         // Taken before the read is sent: a commit bumped after this makes the fill stale.
         let snapshot = self.generations.snapshot(&classification.tables);
-        self.fill = Some(Fill::new(arc_swap::Guard::into_inner(store), &self.key, &request, snapshot, ttl));
+        let mut fill = Fill::new(arc_swap::Guard::into_inner(store), &self.key, &request, snapshot, ttl);
+        if !unresolved.is_empty() {
+            fill.unresolved = Some(Unresolved { search_path: search_path.into(), epoch, names: unresolved });
+        }
+        self.fill = Some(fill);
         Lookup::Fill
+    }
+
+    /// The catalog query to run before the fill is sent, when its relations are not all known.
+    pub(crate) fn relations_query(&self) -> Option<String> {
+        let unresolved = self.fill.as_ref()?.unresolved.as_ref()?;
+        Some(relkind_query(&unresolved.names).unwrap_or_default())
+    }
+
+    /// The catalog's answer to [`relations_query`](Self::relations_query) (`None` if it
+    /// failed): the kinds are remembered, and the fill given up unless all are cacheable.
+    pub(crate) fn relations_checked(&mut self, kinds: Option<&str>) {
+        let Some(fill) = self.fill.as_mut() else { return };
+        let Some(u) = fill.unresolved.take() else { return };
+        let kinds = kinds.map(str::as_bytes).filter(|k| k.len() == u.names.len());
+        let Some(kinds) = kinds else {
+            self.fill = None;
+            return;
+        };
+        let mut all = true;
+        for (name, &kind) in u.names.iter().zip(kinds) {
+            all &= self.relations.learn(&u.search_path, name, u.epoch, (kind != b'-').then_some(kind));
+        }
+        if !all {
+            self.fill = None;
+        }
     }
 
     /// Forgets a fill that will not run (its request was refused before reaching a server).
@@ -255,8 +299,17 @@ fn key_request<'a>(r: &'a segment::Request<'_>) -> KeyRequest<'a> {
     }
 }
 
+/// Relations of a fill whose kind is not known yet.
+struct Unresolved {
+    search_path: Box<str>,
+    epoch: u64,
+    names: Vec<Box<str>>,
+}
+
 /// A miss being answered by the primary, gathered to be stored.
 pub(crate) struct Fill {
+    /// Relations to look up in the catalog before the read is sent.
+    unresolved: Option<Unresolved>,
     store: Arc<ResultCache>,
     session: SessionKey,
     spec: Box<[u8]>,
@@ -293,6 +346,7 @@ impl Fill {
             None => (0, 0),
         };
         Self {
+            unresolved: None,
             store,
             session: session.clone(),
             spec: r.spec.into(),
@@ -360,6 +414,7 @@ impl Fill {
     /// Stores the answer if it is whole and the session is back outside a transaction.
     fn store(mut self, status: Option<u8>) {
         let whole = status == Some(b'I')
+            && self.unresolved.is_none()
             && self.complete
             && (!self.extended() || self.seen_descriptions == self.expected_descriptions);
         if !whole || !self.capture.push_message(b'Z', b"I") {

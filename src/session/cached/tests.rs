@@ -27,8 +27,14 @@ fn query(sql: &str) -> Vec<u8> {
     message(b'Q', format!("{sql}\0").as_bytes())
 }
 
+/// Looks up `request`; a miss's relations are answered as ordinary tables.
 fn lookup(s: &mut SessionCache, request: &[u8]) -> Lookup {
-    s.lookup(request, 1 << 20, &ClientStatements::default(), &ParamSet::default(), false)
+    let found = s.lookup(request, 1 << 20, &ClientStatements::default(), &ParamSet::default(), false);
+    if let Some(sql) = s.relations_query() {
+        let n = sql.matches("\"'").count();
+        s.relations_checked(Some(&"r".repeat(n)));
+    }
+    found
 }
 
 /// The server answers one row and CommandComplete, then ReadyForQuery `I`.
@@ -142,4 +148,21 @@ fn uncacheable_reads_bypass_the_cache() {
         assert!(matches!(lookup(&mut s, &query(sql)), Lookup::Bypass), "{sql}");
     }
     assert!(matches!(lookup(&mut s, &query(READ)[..7]), Lookup::ReadMore));
+}
+
+#[test]
+fn reads_over_views_are_not_cached_once_the_catalog_says_so() {
+    let mut s = session();
+    let read = query("SELECT * FROM v");
+    assert!(matches!(s.lookup(&read, 1 << 20, &ClientStatements::default(), &ParamSet::default(), false), Lookup::Fill));
+    let sql = s.relations_query().expect("v is not known yet");
+    assert!(sql.contains("to_regclass"), "{sql}");
+    s.relations_checked(Some("v"));
+    answer_row(&mut s, 1, b"10");
+    assert!(matches!(lookup(&mut s, &read), Lookup::Bypass), "known to be a view: not even looked up");
+    // A catalog that could not be asked stores nothing either.
+    assert!(matches!(s.lookup(&query("SELECT * FROM w"), 1 << 20, &ClientStatements::default(), &ParamSet::default(), false), Lookup::Fill));
+    s.relations_checked(None);
+    answer_row(&mut s, 2, b"10");
+    assert!(matches!(s.lookup(&query("SELECT * FROM w"), 1 << 20, &ClientStatements::default(), &ParamSet::default(), false), Lookup::Fill));
 }
