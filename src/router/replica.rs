@@ -132,11 +132,32 @@ impl Drop for ReplicaLoad {
     }
 }
 
+/// Primary polls remembered to turn commit marks into WAL positions.
+const RECENT_POLLS: usize = 32;
+
+/// A commit, marked by the number of primary polls that had started when it was reported: any
+/// poll started later read a WAL position at or past it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct CommitMark(pub u64);
+
 /// The replicas of one database, and the WAL positions reads must wait for.
+///
+/// # Commit positions without a round trip
+///
+/// A read-your-writes read may go to a replica only once the replica has replayed the
+/// client's commit. sluice does not ask the primary where each commit is. It marks the commit
+/// with the count of primary polls started so far ([`mark_commit`](Self::mark_commit)); the
+/// first monitor poll that *starts* after the commit reads `pg_current_wal_insert_lsn()` at or
+/// past the commit record, and a replica that has replayed that far has the commit
+/// ([`lsn_after`](Self::lsn_after)). Until such a poll is done, the read runs on the primary.
 #[derive(Debug)]
 pub struct ReplicaSet {
     replicas: Vec<Arc<ReplicaStatus>>,
     primary_lsn: AtomicU64,
+    /// Primary polls started.
+    polls_started: AtomicU64,
+    /// Recent finished primary polls: (poll number, position), oldest first.
+    recent_polls: arc_swap::ArcSwap<Vec<(u64, Lsn)>>,
     /// Newest commit made through sluice on this database (`read_your_writes = global`).
     last_commit: AtomicU64,
     /// Where the next [`pick`](Self::pick) starts looking, so ties rotate.
@@ -154,6 +175,8 @@ impl ReplicaSet {
         ReplicaSet {
             replicas,
             primary_lsn: AtomicU64::new(0),
+            polls_started: AtomicU64::new(0),
+            recent_polls: arc_swap::ArcSwap::from_pointee(Vec::new()),
             last_commit: AtomicU64::new(0),
             next: AtomicUsize::new(0),
         }
@@ -175,14 +198,47 @@ impl ReplicaSet {
         self.primary_lsn.fetch_max(lsn.0, Relaxed);
     }
 
-    /// The newest commit position made through sluice on this database.
-    pub fn last_commit(&self) -> Lsn {
-        Lsn(self.last_commit.load(Relaxed))
+    /// A primary poll is about to be sent: its number, for [`finish_primary_poll`].
+    ///
+    /// [`finish_primary_poll`]: Self::finish_primary_poll
+    pub fn start_primary_poll(&self) -> u64 {
+        self.polls_started.fetch_add(1, Relaxed) + 1
     }
 
-    /// Records a commit made through sluice at `lsn` (keeps the newest).
-    pub fn note_commit(&self, lsn: Lsn) {
-        self.last_commit.fetch_max(lsn.0, Relaxed);
+    /// Poll number `poll` read `lsn` from the primary.
+    pub fn finish_primary_poll(&self, poll: u64, lsn: Lsn) {
+        self.note_primary_lsn(lsn);
+        self.recent_polls.rcu(|recent| {
+            let mut next: Vec<(u64, Lsn)> = recent.iter().copied().filter(|&(n, _)| n != poll).collect();
+            let at = next.partition_point(|&(n, _)| n < poll);
+            next.insert(at, (poll, lsn));
+            if next.len() > RECENT_POLLS {
+                next.remove(0);
+            }
+            next
+        });
+    }
+
+    /// Marks a commit that has just been reported (before its client hears of it).
+    pub fn mark_commit(&self) -> CommitMark {
+        CommitMark(self.polls_started.load(Relaxed))
+    }
+
+    /// A WAL position at or past the commit marked `mark`: what the first finished poll that
+    /// started after it read. `None` while no such poll has finished.
+    pub fn lsn_after(&self, mark: CommitMark) -> Option<Lsn> {
+        let recent = self.recent_polls.load();
+        recent.iter().find(|&&(n, _)| n > mark.0).map(|&(_, lsn)| lsn)
+    }
+
+    /// The newest commit made through sluice on this database (`read_your_writes = global`).
+    pub fn last_commit(&self) -> CommitMark {
+        CommitMark(self.last_commit.load(Relaxed))
+    }
+
+    /// Records a commit made through sluice (keeps the newest).
+    pub fn note_commit(&self, mark: CommitMark) {
+        self.last_commit.fetch_max(mark.0, Relaxed);
     }
 
     /// Chooses a replica for a read that must see everything up to `min_lsn`
@@ -323,11 +379,39 @@ mod tests {
     #[test]
     fn commit_and_primary_positions_keep_the_newest() {
         let set = ReplicaSet::new(Vec::<String>::new());
-        set.note_commit(Lsn(10));
-        set.note_commit(Lsn(5));
+        set.note_commit(CommitMark(10));
+        set.note_commit(CommitMark(5));
         set.note_primary_lsn(Lsn(20));
         set.note_primary_lsn(Lsn(7));
-        assert_eq!((set.last_commit(), set.primary_lsn()), (Lsn(10), Lsn(20)));
+        assert_eq!((set.last_commit(), set.primary_lsn()), (CommitMark(10), Lsn(20)));
         assert!(set.pick(Lsn::ZERO).is_none());
+    }
+
+    #[test]
+    fn a_commit_is_placed_by_the_first_primary_poll_that_started_after_it() {
+        let set = ReplicaSet::new(Vec::<String>::new());
+        let before = set.start_primary_poll();
+        let mark = set.mark_commit();
+        assert_eq!(set.lsn_after(mark), None, "no poll started after the commit");
+        let first = set.start_primary_poll();
+        let second = set.start_primary_poll();
+        set.finish_primary_poll(before, Lsn(100));
+        assert_eq!(set.lsn_after(mark), None, "a poll that started before the commit does not count");
+        set.finish_primary_poll(second, Lsn(300));
+        assert_eq!(set.lsn_after(mark), Some(Lsn(300)));
+        set.finish_primary_poll(first, Lsn(200));
+        assert_eq!(set.lsn_after(mark), Some(Lsn(200)), "the earliest poll after the commit");
+        assert_eq!(set.primary_lsn(), Lsn(300));
+    }
+
+    #[test]
+    fn old_marks_use_the_oldest_poll_remembered() {
+        let set = ReplicaSet::new(Vec::<String>::new());
+        let mark = set.mark_commit();
+        for i in 1..=(RECENT_POLLS as u64 + 10) {
+            let n = set.start_primary_poll();
+            set.finish_primary_poll(n, Lsn(i * 10));
+        }
+        assert_eq!(set.lsn_after(mark), Some(Lsn(110)));
     }
 }

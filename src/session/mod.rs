@@ -33,7 +33,6 @@ use client::ClientConn;
 use relay::{RelayEnd, RelayOptions};
 use route::{Placement, RouteWatch, Segment, SessionRouting};
 use crate::metrics::{Route as MetricsRoute, SessionMetrics};
-use crate::router::lag::Lsn;
 use crate::router::replica::ReplicaLoad;
 use crate::router::Wanted;
 use std::sync::Arc;
@@ -375,10 +374,12 @@ impl Running {
             }
             match end {
                 RelayEnd::CommitHeld => {
-                    // The client learns of its commit only once the position is known, so that
-                    // no read anywhere can begin after the commit and miss it.
+                    // The commit is marked before the client learns of it, so that no read can
+                    // begin after the commit and be sent to a replica that has not replayed it.
                     let ready = relay::take_held_ready(&mut self.client, &mut h.server, opts, self.cache.as_mut());
-                    self.learn_commit_position(&mut h.server).await;
+                    if let Some(routing) = self.routing.as_mut() {
+                        routing.committed();
+                    }
                     h.answered_before += 1;
                     if let Some(w) = h.watch.as_mut() {
                         w.wrote = false;
@@ -491,27 +492,6 @@ impl Running {
             Err(e) => {
                 self.reject_request(&SessionError::Pool(e)).await?;
                 Ok(None)
-            }
-        }
-    }
-
-    /// After a write transaction on the primary: where its commit is in the WAL, so that this
-    /// client's (or, in global mode, everyone's) reads go only to replicas that replayed it.
-    /// One round trip on the primary connection, before it goes back to the pool.
-    async fn learn_commit_position(&mut self, server: &mut crate::pool::Checkout<PgConnector>) {
-        let Some(routing) = self.routing.as_mut() else { return };
-        match server.run_internal_scalar("SELECT pg_current_wal_insert_lsn()").await {
-            Ok(Some(text)) => match text.parse::<Lsn>() {
-                Ok(lsn) => routing.committed(lsn),
-                Err(e) => tracing::warn!(error = %e, "unreadable WAL position from the primary"),
-            },
-            Ok(None) => {}
-            Err(e) => {
-                // Without the position, the primary serves this client's reads until the next
-                // write succeeds in telling it: never a stale read.
-                tracing::warn!(error = %e, "could not read the primary's WAL position");
-                server.mark_broken();
-                routing.commit_position_unknown();
             }
         }
     }

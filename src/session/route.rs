@@ -17,7 +17,7 @@ use crate::app::{DatabaseReplicas, RoutingTable, Shared};
 use crate::config::ReadYourWrites;
 use crate::protocol::frame::peek_header;
 use crate::router::lag::{Lsn, ReplicaState};
-use crate::router::replica::ReplicaLoad;
+use crate::router::replica::{CommitMark, ReplicaLoad};
 use crate::router::classify::{Classification, Classifier, StatementClass};
 use crate::router::{request_text, wanted, Wanted};
 use std::sync::Arc;
@@ -296,8 +296,8 @@ pub(crate) struct SessionRouting {
     table: Arc<RoutingTable>,
     replicas: Option<Arc<DatabaseReplicas>>,
     pools: Vec<ServerPool>,
-    /// The newest commit position of this client's own writes.
-    own_commit: Lsn,
+    /// This client's newest commit: marked, then placed in the WAL by a later primary poll.
+    own_commit: OwnCommit,
 }
 
 /// Where a transaction was sent.
@@ -318,7 +318,7 @@ impl SessionRouting {
             table: ctx.routing.load_full(),
             replicas: None,
             pools: Vec::new(),
-            own_commit: Lsn::ZERO,
+            own_commit: OwnCommit::Placed(Lsn::ZERO),
         };
         r.refresh_pools(ctx);
         r
@@ -366,7 +366,8 @@ impl SessionRouting {
     /// this read must see, else on the primary (or nowhere, with `replica_fallback = "error"`
     /// and no healthy replica at all).
     /// `len` is the length of the segment that was judged.
-    pub fn place(&self, wanted: Wanted, len: usize) -> Result<Placement, NoReplica> {
+    pub fn place(&mut self, wanted: Wanted, len: usize) -> Result<Placement, NoReplica> {
+        self.settle();
         let ryw = self.table.read_your_writes;
         let primary = || Placement { replica: None, watch: self.primary_watch() };
         let Some(replicas) = &self.replicas else { return Ok(primary()) };
@@ -376,11 +377,17 @@ impl SessionRouting {
             Wanted::ReplicaTransaction => WatchMode::ReplicaTransaction,
         };
         let min_lsn = match ryw {
-            ReadYourWrites::Off => Lsn::ZERO,
-            ReadYourWrites::Session => self.own_commit,
-            ReadYourWrites::Global => self.own_commit.max(replicas.set.last_commit()),
+            ReadYourWrites::Off => Some(Lsn::ZERO),
+            ReadYourWrites::Session => self.own_commit_lsn(replicas),
+            ReadYourWrites::Global => {
+                let last = replicas.set.last_commit();
+                let global = if last == CommitMark(0) { Some(Lsn::ZERO) } else { replicas.set.lsn_after(last) };
+                self.own_commit_lsn(replicas).zip(global).map(|(own, global)| own.max(global))
+            }
         };
-        if let Some((i, load)) = replicas.set.pick(min_lsn) {
+        // A commit not yet placed in the WAL: only the primary is sure to have it.
+        let picked = min_lsn.and_then(|min| replicas.set.pick(min));
+        if let Some((i, load)) = picked {
             let mut watch = RouteWatch::new(self.table.classifier.clone(), mode);
             watch.placed = (len > 0).then_some(len);
             return Ok(Placement { replica: Some((self.pools[i].clone(), load)), watch: Some(watch) });
@@ -392,21 +399,44 @@ impl SessionRouting {
         Ok(primary())
     }
 
-    /// A write committed but its position could not be learned: this client reads from the
-    /// primary until a later write's position is known.
-    pub fn commit_position_unknown(&mut self) {
-        self.own_commit = Lsn(u64::MAX);
+    /// The WAL position this client's reads must wait for, once known.
+    fn own_commit_lsn(&self, replicas: &DatabaseReplicas) -> Option<Lsn> {
+        match self.own_commit {
+            OwnCommit::Placed(lsn) => Some(lsn),
+            OwnCommit::Marked(mark) => replicas.set.lsn_after(mark),
+        }
     }
 
-    /// Notes that this client committed a write at `lsn`.
-    pub fn committed(&mut self, lsn: Lsn) {
-        self.own_commit = if self.own_commit == Lsn(u64::MAX) { lsn } else { self.own_commit.max(lsn) };
+    /// This client's write transaction just committed (its ReadyForQuery has not been relayed
+    /// yet): from now on its reads wait for a replica that has replayed it.
+    pub fn committed(&mut self) {
+        let Some(r) = &self.replicas else { return };
+        // A poll that places this commit also places every earlier one.
+        let mark = r.set.mark_commit();
+        self.own_commit = OwnCommit::Marked(mark);
         if self.table.read_your_writes == ReadYourWrites::Global {
-            if let Some(r) = &self.replicas {
-                r.set.note_commit(lsn);
+            r.set.note_commit(mark);
+        }
+    }
+
+    /// Turns a marked commit into its position once a poll has placed it, so that later reads
+    /// need not look it up again.
+    fn settle(&mut self) {
+        if let (OwnCommit::Marked(mark), Some(r)) = (self.own_commit, &self.replicas) {
+            if let Some(lsn) = r.set.lsn_after(mark) {
+                self.own_commit = OwnCommit::Placed(lsn);
             }
         }
     }
+}
+
+/// A client's newest commit, as read-your-writes tracks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OwnCommit {
+    /// Committed after this many primary polls had started; no later poll has finished yet.
+    Marked(CommitMark),
+    /// Known to be at or before this WAL position.
+    Placed(Lsn),
 }
 
 /// No replica is healthy and `replica_fallback = "error"`.

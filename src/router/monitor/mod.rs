@@ -273,6 +273,8 @@ impl Monitor {
         if !self.primary_retry.due(Instant::now()) {
             return None;
         }
+        // Numbered before it is sent: commits marked before this number are covered by it.
+        let poll = self.set.start_primary_poll();
         match self.primary.current_wal_lsn(s).await {
             Ok(lsn) => {
                 let read = PrimaryRead { lsn, at: Instant::now(), wall: SystemTime::now() };
@@ -280,7 +282,7 @@ impl Monitor {
                     info!(primary = %self.primary_address, replica = %self.status.address(), "primary reachable again");
                 }
                 self.primary_retry.succeed();
-                self.set.note_primary_lsn(lsn);
+                self.set.finish_primary_poll(poll, lsn);
                 self.tracker.note_primary(lsn, read.at);
                 Some(read)
             }
