@@ -131,6 +131,15 @@ async fn show_commands_answer_with_pgbouncer_columns() {
     assert_eq!(cell(&cols, &rows[0], "pool_size"), Some("3"));
     assert_eq!(cell(&cols, &rows[0], "current_connections"), Some("1"));
 
+    let (cols, rows) = admin_query(&c, "SHOW CLIENTS").await;
+    assert_eq!(cols[..5], names(&["type", "user", "database", "replication", "state"])[..]);
+    assert!(cols.contains(&"application_name".to_owned()) && cols.contains(&"connect_time".to_owned()));
+    let client = rows.iter().find(|r| cell(&cols, r, "database") == Some(db.as_str())).expect("the app client");
+    assert_eq!((cell(&cols, client, "type"), cell(&cols, client, "user")), (Some("C"), Some("postgres")));
+    assert_eq!(cell(&cols, client, "state"), Some("idle"));
+    assert_eq!(cell(&cols, client, "addr"), Some("127.0.0.1"));
+    assert!(cell(&cols, client, "connect_time").is_some_and(|t| t.ends_with(" UTC")), "{client:?}");
+
     let (cols, rows) = admin_query(&c, "SHOW CONFIG").await;
     assert_eq!(cols, names(&["key", "value", "default", "changeable"]));
     let size = rows.iter().find(|r| cell(&cols, r, "key") == Some("pool.size")).expect("pool.size");
@@ -215,7 +224,7 @@ async fn only_admin_users_get_in_and_errors_leave_the_console_usable() {
     assert_eq!(sqlstate(&e), "0A000");
     let e = c.simple_query("SHOW ADVICE").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
-    let e = c.simple_query("SHOW CLIENTS").await.unwrap_err();
+    let e = c.simple_query("SHOW SERVERS").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
     let e = c.simple_query("PAUSE nosuchdb").await.unwrap_err();
     assert_eq!(sqlstate(&e), "3D000");
@@ -392,11 +401,16 @@ async fn pause_waits_for_running_transactions_and_holds_new_ones_until_resume() 
     tokio::time::timeout(Duration::from_secs(10), pause).await.expect("PAUSE finishes").expect("PAUSE succeeds");
     assert_eq!(backends(&db, ""), 0, "PAUSE closes the idle server connections");
 
+    let (cols, rows) = admin_query(&admin(proxy.addr).await, "SHOW DATABASES").await;
+    assert_eq!(cell(&cols, &rows[0], "paused"), Some("1"));
+
     // A new transaction waits, without an error, until RESUME.
     let waiter = proxy.connect().await;
     let mut read = Box::pin(waiter.simple_query("SELECT count(*) FROM t"));
     assert!(still_pending(&mut read).await, "a transaction ran while paused");
     let console2 = admin(proxy.addr).await;
+    let (cols, rows) = admin_query(&console2, "SHOW CLIENTS").await;
+    assert!(rows.iter().any(|r| cell(&cols, r, "state") == Some("waiting")), "{rows:?}");
     console2.simple_query("RESUME").await.expect("RESUME");
     let rows = tokio::time::timeout(Duration::from_secs(10), read).await.expect("resumed").expect("no error");
     let count = rows.iter().find_map(|m| match m {

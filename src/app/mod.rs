@@ -2,11 +2,13 @@
 //! cancel keys), background pool maintenance, reload and shutdown.
 
 mod cancel;
+mod clients;
 mod gates;
 mod pools;
 mod replicas;
 
 pub use cancel::{CancelRegistration, CancelRegistry, CancelSlot};
+pub use clients::{ClientEntry, ClientHandle, ClientRegistry, ClientState, NewClient};
 pub use gates::DatabaseGates;
 pub use pools::{settings_for, PoolKey, PoolRegistry};
 pub use replicas::{DatabaseReplicas, ReplicaRegistry, RoutingTable};
@@ -73,6 +75,8 @@ pub struct Shared {
     pub reload_source: OnceLock<ConfigSource>,
     /// PAUSE / RESUME / KILL per database.
     pub gates: DatabaseGates,
+    /// The connected clients (SHOW CLIENTS).
+    pub clients_registry: ClientRegistry,
     /// The result cache, when `cache.enabled` was set at start.
     pub cache: Option<Arc<crate::cache::CacheHandle>>,
     clients: AtomicUsize,
@@ -174,6 +178,7 @@ impl Sluice {
             metrics,
             reload_source: OnceLock::new(),
             gates: DatabaseGates::default(),
+            clients_registry: ClientRegistry::default(),
             cache,
             clients: AtomicUsize::new(0),
         });

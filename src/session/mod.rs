@@ -21,7 +21,7 @@ pub mod setting;
 pub mod state;
 mod welcome;
 
-use crate::app::{CancelRegistration, Shared};
+use crate::app::{CancelRegistration, ClientState, Shared};
 use crate::auth::AuthError;
 use crate::config::PoolMode;
 use crate::pool::PoolError;
@@ -158,10 +158,17 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
     };
-    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache, database } = session;
+    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache, database, user } = session;
+    let entry = ctx.clients_registry.register(crate::app::NewClient {
+        database: database.clone(),
+        user,
+        peer: stream.peer_addr().ok(),
+        local: stream.local_addr().ok(),
+        application_name: client.get("application_name").unwrap_or_default().to_owned(),
+    });
     let client = ClientConn::new(stream, buf, session_max(&ctx), client);
     let stops = Stops { shutdown: ctx.shutdown.clone(), kill: ctx.gates.kill_token(&database) };
-    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache, database, stops };
+    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache, database, stops, entry };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
     let result = run.run(opts).await;
     if let Some(cache) = run.cache.as_mut() {
@@ -203,6 +210,8 @@ pub(crate) struct Session {
     cache: Option<cached::SessionCache>,
     /// The database the client connected to.
     database: String,
+    /// The user the client logged in as.
+    user: String,
 }
 
 struct Running {
@@ -215,6 +224,8 @@ struct Running {
     cache: Option<cached::SessionCache>,
     database: String,
     stops: Stops,
+    /// This client in SHOW CLIENTS.
+    entry: crate::app::ClientHandle,
 }
 
 /// What the cache did with the client's next request.
@@ -296,9 +307,11 @@ impl Running {
                 };
                 let started = std::time::Instant::now();
                 // PAUSE holds new transactions here, with no server connection taken.
+                self.entry.set(ClientState::Waiting);
                 self.stops.until(self.ctx.gates.wait_open(&self.database)).await?;
                 let checkout = self.stops.until(pool.checkout()).await?;
                 self.metrics.waited(started.elapsed());
+                self.entry.set(if checkout.is_ok() { ClientState::Active } else { ClientState::Idle });
                 let mut server = match checkout {
                     Ok(s) => s,
                     Err(e) if replica.is_some() => {
@@ -389,6 +402,7 @@ impl Running {
                 RelayEnd::Released => {
                     h.record(&self.metrics);
                     held = None;
+                    self.entry.set(ClientState::Idle);
                     if self.ctx.shutdown.is_cancelled() {
                         return Err(SessionError::Shutdown);
                     }
@@ -478,9 +492,11 @@ impl Running {
     /// Checks out a primary connection for a read whose replica failed.
     async fn checkout_primary(&mut self, watch: Option<RouteWatch>) -> Result<Option<Held>, SessionError> {
         let started = std::time::Instant::now();
+        self.entry.set(ClientState::Waiting);
         self.stops.until(self.ctx.gates.wait_open(&self.database)).await?;
         let checkout = self.stops.until(self.pool.checkout()).await?;
         self.metrics.waited(started.elapsed());
+        self.entry.set(if checkout.is_ok() { ClientState::Active } else { ClientState::Idle });
         match checkout {
             Ok(mut server) => {
                 if let Err(e) = server.apply_params(&self.client.params).await {

@@ -95,6 +95,7 @@ pub(super) async fn login(
         metrics,
         cache,
         database: startup.database.clone(),
+        user: startup.user.clone(),
     })))
 }
 

@@ -5,8 +5,9 @@
 //! `user`, else NULL), `pool_size`, `min_pool_size`, `server_lifetime` (seconds), `pool_mode`
 //! (the mode in effect), `current_connections` (server connections open in its pools) and
 //! `current_client_connections` (connected clients, as the sessions count them).
-//! 0: `reserve_pool_size`, `max_connections` and `max_client_connections` (no such limits),
-//! `paused` and `disabled` (PAUSE does not exist yet); NULL: `load_balance_hosts`.
+//! `paused` is 1 while PAUSE or KILL holds the database. 0: `reserve_pool_size`,
+//! `max_connections` and `max_client_connections` (no such limits) and `disabled`; NULL:
+//! `load_balance_hosts`.
 
 use super::pools::mode_name;
 use super::{host_port, Show};
@@ -70,7 +71,7 @@ impl Show for Databases {
                     .num(servers)
                     .num(0)
                     .num(connected)
-                    .num(0)
+                    .num(u8::from(ctx.gates.is_paused(name)))
                     .num(0)
             })
             .collect())
