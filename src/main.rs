@@ -27,6 +27,9 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Ask a running sluice (the one the configuration file describes) what pool sizes its
+    /// live statistics call for: SHOW ADVICE on its admin console.
+    Advise,
     /// Start a local primary and replica from the system's Postgres binaries with sluice in
     /// front on 127.0.0.1:6432.
     Demo {
@@ -63,6 +66,32 @@ fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().thread_name("sluice").build()
 }
 
+/// `sluice advise -c FILE`.
+fn advise(file: Option<PathBuf>) -> ExitCode {
+    let Some(file) = file else {
+        eprintln!("sluice advise: needs -c FILE (the running sluice's configuration)");
+        return ExitCode::FAILURE;
+    };
+    let config = match Config::load(&file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = runtime(1).map_err(|e| e.to_string()).and_then(|rt| rt.block_on(sluice::admin::remote::advise(&config)));
+    match answer {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sluice advise: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
@@ -77,6 +106,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Advise) => advise(cli.config),
         Some(Command::Demo { port }) => match sluice::demo::run(port) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

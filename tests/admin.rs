@@ -222,8 +222,6 @@ async fn only_admin_users_get_in_and_errors_leave_the_console_usable() {
     // The extended protocol is refused, and the connection goes on.
     let e = c.query("SHOW POOLS", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
-    let e = c.simple_query("SHOW ADVICE").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000");
     let e = c.simple_query("SHOW SERVERS").await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
     let e = c.simple_query("PAUSE nosuchdb").await.unwrap_err();
@@ -445,4 +443,49 @@ async fn kill_ends_the_sessions_of_a_database_and_holds_new_ones_until_resume() 
 
 fn on_primary_db(db: &str, sql: &str) -> String {
     cluster().primary.psql(db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_advice_and_sluice_advise_size_the_pool_from_live_statistics() {
+    let db = unique_db("admin_advice");
+    let proxy = start_proxy(&db, "[pool]\nsize = 7").await;
+    let app = proxy.connect().await;
+    let console = admin(proxy.addr).await;
+    // Under load for a while: the advice needs at least a second of transactions.
+    let mut advice = None;
+    for _ in 0..200 {
+        for _ in 0..20 {
+            app.simple_query("SELECT pg_sleep(0.001)").await.unwrap();
+        }
+        let (cols, rows) = admin_query(&console, "SHOW ADVICE").await;
+        let row = rows.iter().find(|r| cell(&cols, r, "database") == Some(db.as_str())).expect("a row per database").clone();
+        let rate: f64 = cell(&cols, &row, "transactions_per_second").unwrap().parse().unwrap();
+        if rate > 0.0 {
+            advice = Some((cols, row));
+            break;
+        }
+    }
+    let (cols, row) = advice.expect("SHOW ADVICE saw the transactions");
+    assert_eq!(cell(&cols, &row, "pool_size"), Some("7"));
+    let recommended: usize = cell(&cols, &row, "recommended_pool_size").unwrap().parse().unwrap();
+    // One client running one transaction at a time: about one connection busy.
+    assert!((2..7).contains(&recommended), "{row:?}");
+    let hold: f64 = cell(&cols, &row, "server_ms_per_transaction").unwrap().parse().unwrap();
+    assert!(hold >= 1.0, "each transaction sleeps 1 ms on its connection: {row:?}");
+    assert!(cell(&cols, &row, "reason").is_some_and(|r| r.contains("Little's law")), "{row:?}");
+
+    // The same advice from the command line, reading the running instance.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    let text = config_text(cluster().primary.addr(), &db, "", "").replace("127.0.0.1:0", &proxy.addr.to_string());
+    std::fs::write(&file, text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["advise", "-c"]).arg(&file).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("{db}: pool_size 7 -> recommended")), "{stdout}");
+    assert!(stdout.contains("Little's law"), "{stdout}");
 }

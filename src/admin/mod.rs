@@ -5,7 +5,8 @@
 //!   time;
 //! - [`parse`]: reading commands (pure);
 //! - [`show`]: the SHOW commands, one file each behind the [`show::Show`] trait;
-//! - [`control`]: RELOAD, SHUTDOWN, SET, CACHE CLEAR, and the answers for PAUSE, RESUME and KILL;
+//! - [`control`]: RELOAD, SHUTDOWN, SET, CACHE CLEAR, PAUSE, RESUME and KILL;
+//! - [`remote`]: `sluice advise`, the console's client side;
 //! - [`settings`]: the configuration keys SHOW CONFIG lists and SET changes;
 //! - [`result`]: RowDescription, DataRow and CommandComplete.
 //!
@@ -15,6 +16,7 @@
 pub mod console;
 pub mod control;
 pub mod parse;
+pub mod remote;
 pub mod result;
 pub mod settings;
 pub mod show;

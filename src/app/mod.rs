@@ -77,6 +77,8 @@ pub struct Shared {
     pub gates: DatabaseGates,
     /// The connected clients (SHOW CLIENTS).
     pub clients_registry: ClientRegistry,
+    /// Recent samples of each database's counters (SHOW ADVICE).
+    pub samples: crate::metrics::advice::Samples,
     /// The result cache, when `cache.enabled` was set at start.
     pub cache: Option<Arc<crate::cache::CacheHandle>>,
     clients: AtomicUsize,
@@ -179,6 +181,7 @@ impl Sluice {
             reload_source: OnceLock::new(),
             gates: DatabaseGates::default(),
             clients_registry: ClientRegistry::default(),
+            samples: Default::default(),
             cache,
             clients: AtomicUsize::new(0),
         });
@@ -287,7 +290,7 @@ async fn refuse_full(mut stream: TcpStream) {
 async fn maintain_pools(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shared.shutdown.cancelled() => return,
@@ -295,5 +298,35 @@ async fn maintain_pools(shared: Arc<Shared>) {
         for (_, pool) in shared.pools.all() {
             pool.maintain().await;
         }
+        if n % 5 == 0 {
+            for database in shared.config.load().databases.keys() {
+                shared.samples.record(database, shared.sample(database));
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The counters of `database` now, for pool-size advice.
+    pub fn sample(&self, database: &str) -> crate::metrics::advice::Sample {
+        use crate::metrics::Route;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = self.metrics.database(database);
+        let mut sample = crate::metrics::advice::Sample {
+            at: std::time::Instant::now(),
+            transactions: counters.transactions(Route::Primary) + counters.transactions(Route::Replica),
+            busy_micros: counters.busy_micros(),
+            wait_micros: 0,
+            checkouts: 0,
+            waiting: 0,
+        };
+        for (key, pool) in self.pools.all() {
+            if key.database == database {
+                sample.wait_micros += pool.stats().wait_micros.load(Relaxed);
+                sample.checkouts += pool.stats().checkouts.load(Relaxed);
+                sample.waiting += pool.state().waiting;
+            }
+        }
+        sample
     }
 }

@@ -8,11 +8,13 @@
 //!   are copied into the Prometheus registry (gauges are sampled, not recorded).
 //! - [`http`]: `GET /metrics`.
 //! - [`cache`]: what the result cache reports (zeros until it exists).
-//! - [`names`]: the metric names of `shared/interface.md`.
+//! - [`names`]: the metric names of `shared/interface.md`;
+//! - [`advice`]: pool-size advice from samples of the counters (SHOW ADVICE).
 //!
 //! Each sluice has its own registry (no process-wide recorder), so several can run in one
 //! process, as the tests do.
 
+pub mod advice;
 pub mod cache;
 mod http;
 pub mod names;

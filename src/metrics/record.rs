@@ -99,6 +99,8 @@ pub struct DatabaseCounters {
     transactions: [AtomicU64; 3],
     queries: [AtomicU64; 3],
     logins: AtomicU64,
+    /// Microseconds sessions held server connections.
+    busy_micros: AtomicU64,
 }
 
 impl DatabaseCounters {
@@ -120,6 +122,11 @@ impl DatabaseCounters {
     /// Queries run on `route`.
     pub fn queries(&self, route: Route) -> u64 {
         self.queries[route as usize].load(Relaxed)
+    }
+
+    /// Microseconds sessions held server connections.
+    pub fn busy_micros(&self) -> u64 {
+        self.busy_micros.load(Relaxed)
     }
 
     /// Client logins.
@@ -161,6 +168,11 @@ impl SessionMetrics {
     /// Counts `n` finished queries (one atomic add).
     pub fn queries(&self, route: Route, n: u64) {
         self.database.queries[route as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Records how long a transaction held its server connection (one atomic add).
+    pub fn held(&self, held: Duration) {
+        self.database.busy_micros.fetch_add(held.as_micros() as u64, Relaxed);
     }
 
     /// Records how long a checkout waited for a server connection (zero when one was free).

@@ -246,12 +246,14 @@ struct Held {
     replica: Option<ReplicaLoad>,
     /// ReadyForQuery messages the server had sent before this checkout's first request.
     answered_before: u64,
+    /// When it was checked out.
+    since: std::time::Instant,
 }
 
 impl Held {
     fn new(server: crate::pool::Checkout<PgConnector>, watch: Option<RouteWatch>, replica: Option<ReplicaLoad>) -> Self {
         let answered_before = server.tracker.answered();
-        Held { server, watch, replica, answered_before }
+        Held { server, watch, replica, answered_before, since: std::time::Instant::now() }
     }
 
     /// Counts the checkout's transaction and requests.
@@ -259,6 +261,7 @@ impl Held {
         let route = if self.replica.is_some() { MetricsRoute::Replica } else { MetricsRoute::Primary };
         metrics.transaction(route);
         metrics.queries(route, self.server.tracker.answered().saturating_sub(self.answered_before));
+        metrics.held(self.since.elapsed());
     }
 }
 

@@ -2,6 +2,7 @@
 //! columns are PgBouncer's, in its order; values sluice does not track are 0 (or NULL where
 //! PgBouncer shows NULL), as each file says.
 
+mod advice;
 mod cache;
 mod connections;
 mod databases;
@@ -40,8 +41,7 @@ pub trait Show {
 /// Answers `SHOW what`.
 ///
 /// # Errors
-/// [`AdminError::NotImplemented`] for SHOW ADVICE, CLIENTS and SERVERS, which need state sluice
-/// does not keep yet.
+/// [`AdminError::NotImplemented`] for SHOW SERVERS, which needs state sluice does not keep yet.
 pub fn show(what: ShowWhat, ctx: &Shared) -> Result<ResultSet, AdminError> {
     match what {
         ShowWhat::Pools => pools::Pools::result(ctx),
@@ -54,9 +54,7 @@ pub fn show(what: ShowWhat, ctx: &Shared) -> Result<ResultSet, AdminError> {
         ShowWhat::Replicas => replicas::Replicas::result(ctx),
         ShowWhat::Cache => cache::Cache::result(ctx),
         ShowWhat::Help => help::Help::result(ctx),
-        ShowWhat::Advice => Err(AdminError::NotImplemented(
-            "SHOW ADVICE is not implemented yet: it needs statistics sluice does not collect yet".into(),
-        )),
+        ShowWhat::Advice => advice::Advice::result(ctx),
     }
 }
 
