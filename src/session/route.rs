@@ -127,6 +127,11 @@ pub struct RouteWatch {
     /// Part of the oldest segment's answer reached the client: the segments in flight can no
     /// longer be run elsewhere.
     answered: bool,
+    /// Each autocommit read is placed afresh, never sent on after another on this replica: the
+    /// replica was chosen for what it had replayed when the first one was placed, and a later
+    /// read must see commits made since (read-your-writes on, or the result cache on, whose
+    /// lookups happen between reads).
+    pub one_read: bool,
     /// The length of the first segment, already judged when the checkout was placed: the gate
     /// does not judge it again.
     placed: Option<usize>,
@@ -146,6 +151,7 @@ impl RouteWatch {
             retry: BytesMut::new(),
             retry_lens: VecDeque::new(),
             answered: false,
+            one_read: false,
             placed: None,
         }
     }
@@ -230,6 +236,7 @@ impl RouteWatch {
                 return Gate::Open;
             }
         }
+        let first = self.placed.is_some();
         let judged = match self.placed.take() {
             Some(len) if len <= buf.len() => {
                 let wanted = match self.mode {
@@ -242,6 +249,10 @@ impl RouteWatch {
         };
         match judged {
             Segment::Partial => Gate::ReadClient,
+            Segment::Whole { wanted: Wanted::ReplicaStatement, .. } if self.one_read && !first => {
+                self.reroute = true;
+                Gate::Reroute
+            }
             Segment::Whole { wanted: Wanted::ReplicaStatement, len } => {
                 self.mode = WatchMode::ReplicaStatements;
                 if !pending {
@@ -298,6 +309,8 @@ pub(crate) struct SessionRouting {
     pools: Vec<ServerPool>,
     /// This client's newest commit: marked, then placed in the WAL by a later primary poll.
     own_commit: OwnCommit,
+    /// Each replica read is placed on its own (the result cache is on).
+    pub one_read: bool,
 }
 
 /// Where a transaction was sent.
@@ -319,6 +332,7 @@ impl SessionRouting {
             replicas: None,
             pools: Vec::new(),
             own_commit: OwnCommit::Placed(Lsn::ZERO),
+            one_read: ctx.cache.is_some(),
         };
         r.refresh_pools(ctx);
         r
@@ -390,6 +404,7 @@ impl SessionRouting {
         if let Some((i, load)) = picked {
             let mut watch = RouteWatch::new(self.table.classifier.clone(), mode);
             watch.placed = (len > 0).then_some(len);
+            watch.one_read = ryw != ReadYourWrites::Off || self.one_read;
             return Ok(Placement { replica: Some((self.pools[i].clone(), load)), watch: Some(watch) });
         }
         let any_healthy = replicas.set.replicas().iter().any(|r| r.state() == ReplicaState::Healthy);
