@@ -170,6 +170,7 @@ const ALL: &[Setting] = &[
     live!(pool.server_lifetime, dur),
     live!(pool.idle_transaction_timeout, dur),
     live!(pool.max_prepared_statements, number),
+    fixed!(pool.max_concurrent_logins, ToString::to_string),
     live!(routing.read_write_split, boolean),
     live!(routing.max_replica_lag, dur),
     live!(routing.max_replica_lag_bytes, size),

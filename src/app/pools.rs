@@ -30,6 +30,7 @@ pub fn settings_for(config: &Config, db: &DatabaseSection) -> PoolSettings {
         idle_timeout: p.server_idle_timeout.non_zero(),
         lifetime: p.server_lifetime.non_zero(),
         reset_timeout: Duration::from_secs(5),
+        max_logins: p.max_concurrent_logins,
     }
 }
 

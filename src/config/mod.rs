@@ -229,6 +229,8 @@ pub struct PoolSection {
     pub idle_transaction_timeout: ConfigDuration,
     /// Prepared statements kept per server connection.
     pub max_prepared_statements: usize,
+    /// Server logins in flight per pool, at most (taken when the pool is created).
+    pub max_concurrent_logins: usize,
 }
 
 impl Default for PoolSection {
@@ -245,6 +247,7 @@ impl Default for PoolSection {
             server_lifetime: ConfigDuration(Duration::from_secs(3600)),
             idle_transaction_timeout: ConfigDuration(Duration::ZERO),
             max_prepared_statements: 200,
+            max_concurrent_logins: 8,
         }
     }
 }
@@ -487,6 +490,9 @@ impl Config {
             if db.password.is_some() && db.user.is_none() {
                 return Err(invalid(key("password"), "needs databases.NAME.user"));
             }
+        }
+        if self.pool.max_concurrent_logins == 0 {
+            return Err(invalid("pool.max_concurrent_logins", "must be at least 1"));
         }
         one_of("routing.read_your_writes", &self.routing.read_your_writes, &["off", "session", "global"])?;
         one_of("routing.replica_fallback", &self.routing.replica_fallback, &["primary", "error"])?;

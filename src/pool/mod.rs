@@ -96,6 +96,31 @@ pub(crate) struct Inner<C: Connect> {
     resetting: AtomicUsize,
     closed: AtomicBool,
     stats: PoolStats,
+    /// Logins in flight, at most `max_logins` (fixed at creation).
+    logins: Semaphore,
+    /// When the next login may be tried, after failures in a row.
+    backoff: Mutex<LoginBackoff>,
+}
+
+/// Failed logins in a row and when the next may be tried.
+#[derive(Debug, Default)]
+struct LoginBackoff {
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl LoginBackoff {
+    fn fail(&mut self, now: tokio::time::Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = settings::LOGIN_BACKOFF_START
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(settings::LOGIN_BACKOFF_MAX);
+        self.retry_at = Some(now + wait);
+    }
+
+    fn succeed(&mut self) {
+        *self = LoginBackoff::default();
+    }
 }
 
 /// A pool of connections; cheap to clone.
@@ -126,6 +151,7 @@ impl<C: Connect> Pool<C> {
     /// A new, empty pool.
     pub fn new(connector: C, settings: PoolSettings) -> Self {
         let size = settings.size;
+        let settings_max_logins = settings.max_logins.max(1);
         Self {
             inner: Arc::new(Inner {
                 connector,
@@ -137,6 +163,8 @@ impl<C: Connect> Pool<C> {
                 resetting: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 stats: PoolStats::default(),
+                logins: Semaphore::new(settings_max_logins),
+                backoff: Mutex::new(LoginBackoff::default()),
             }),
         }
     }
@@ -271,6 +299,7 @@ impl<C: Connect> Pool<C> {
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         self.inner.permits.close();
+        self.inner.logins.close();
         self.inner.lock_idle().clear();
     }
 
@@ -291,22 +320,37 @@ impl<C: Connect> Inner<C> {
         self.lock_idle().pop()
     }
 
+    /// Opens a connection: at most `max_logins` at once, and after failed logins not before
+    /// the backoff has passed (so a server refusing connections, full or recovering, is not
+    /// hammered by every waiting client).
     async fn open(&self, settings: &PoolSettings) -> Result<C::Conn, PoolError<C::Error>> {
+        let _login = self.logins.acquire().await.map_err(|_| PoolError::Closed)?;
+        let retry_at = self.lock_backoff().retry_at;
+        if let Some(at) = retry_at {
+            tokio::time::sleep_until(at).await;
+        }
         let t = settings.connect_timeout;
-        match tokio::time::timeout(t, self.connector.connect()).await {
-            Ok(Ok(c)) => {
+        let result = match tokio::time::timeout(t, self.connector.connect()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(PoolError::Connect(e)),
+            Err(_) => Err(PoolError::ConnectTimeout(t)),
+        };
+        let mut backoff = self.lock_backoff();
+        match &result {
+            Ok(_) => {
+                backoff.succeed();
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                Ok(c)
-            }
-            Ok(Err(e)) => {
-                self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                Err(PoolError::Connect(e))
             }
             Err(_) => {
+                backoff.fail(tokio::time::Instant::now());
                 self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
-                Err(PoolError::ConnectTimeout(t))
             }
         }
+        result
+    }
+
+    fn lock_backoff(&self) -> std::sync::MutexGuard<'_, LoginBackoff> {
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn checkin(&self, conn: C::Conn, created: Instant) {

@@ -21,7 +21,16 @@ pub struct PoolSettings {
     pub lifetime: Option<Duration>,
     /// Longest time a dirty connection may take to reset before it is closed.
     pub reset_timeout: Duration,
+    /// Connections being opened at once, at most: a burst of clients does not become a burst
+    /// of logins on a server that may be struggling already.
+    pub max_logins: usize,
 }
+
+/// The first wait after a failed login; it doubles with each failure in a row.
+pub const LOGIN_BACKOFF_START: Duration = Duration::from_millis(50);
+
+/// The longest wait between logins after failures.
+pub const LOGIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Default for PoolSettings {
     fn default() -> Self {
@@ -34,6 +43,7 @@ impl Default for PoolSettings {
             idle_timeout: Some(Duration::from_secs(600)),
             lifetime: Some(Duration::from_secs(3600)),
             reset_timeout: Duration::from_secs(5),
+            max_logins: 8,
         }
     }
 }

@@ -179,3 +179,68 @@ async fn shrinking_the_size_takes_effect() {
     let _a = p.checkout().await.unwrap();
     assert!(p.checkout().await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn failed_logins_back_off_exponentially_and_a_success_resets_it() {
+    let c = Arc::new(Counter::default());
+    let p = Pool::new(c.clone(), PoolSettings { size: 4, wait_timeout: None, ..Default::default() });
+    c.refuse.store(true, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    assert!(p.checkout().await.is_err(), "first try at once");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(p.checkout().await.is_err());
+    let near = |d: Duration, want: Duration| d >= want && d < want + Duration::from_millis(5);
+    assert!(near(start.elapsed(), settings::LOGIN_BACKOFF_START), "the second waits the first backoff");
+    assert!(p.checkout().await.is_err());
+    assert!(near(start.elapsed(), settings::LOGIN_BACKOFF_START * 3), "then twice as long: {:?}", start.elapsed());
+    c.refuse.store(false, Ordering::SeqCst);
+    let ok = p.checkout().await.expect("the server is back");
+    let after = tokio::time::Instant::now();
+    drop(ok);
+    drop(p.checkout().await.unwrap());
+    let fresh = p.checkout().await.unwrap();
+    let other = p.checkout().await.unwrap();
+    assert_eq!(tokio::time::Instant::now(), after, "no backoff after a success");
+    drop((fresh, other));
+}
+
+/// Opens that never finish until released, to count logins in flight.
+struct SlowConnector {
+    in_flight: AtomicU32,
+    most: AtomicU32,
+    gate: tokio::sync::Semaphore,
+}
+
+impl Connect for Arc<SlowConnector> {
+    type Conn = Conn;
+    type Error = Refused;
+    async fn connect(&self) -> Result<Conn, Refused> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let _ = self.gate.acquire().await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(Conn { id: now, clean: true, alive: true, resettable: true })
+    }
+}
+
+#[tokio::test]
+async fn logins_in_flight_are_capped() {
+    let c = Arc::new(SlowConnector { in_flight: AtomicU32::new(0), most: AtomicU32::new(0), gate: tokio::sync::Semaphore::new(0) });
+    let p = Pool::new(c.clone(), PoolSettings { size: 10, max_logins: 3, wait_timeout: None, ..Default::default() });
+    let tasks: Vec<_> = (0..10).map(|_| {
+        let p = p.clone();
+        tokio::spawn(async move { p.checkout().await.map(|_| ()).is_ok() })
+    }).collect();
+    while c.in_flight.load(Ordering::SeqCst) < 3 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(c.most.load(Ordering::SeqCst), 3);
+    c.gate.add_permits(100);
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    assert_eq!(c.most.load(Ordering::SeqCst), 3);
+}
