@@ -38,6 +38,8 @@ pub fn settings_for(config: &Config, db: &DatabaseSection) -> PoolSettings {
 #[derive(Default)]
 pub struct PoolRegistry {
     pools: DashMap<PoolKey, Pool<PgConnector>>,
+    /// Every open server connection of every pool (SHOW SERVERS).
+    pub servers: std::sync::Arc<crate::server::registry::ServerRegistry>,
 }
 
 impl PoolRegistry {
@@ -79,7 +81,7 @@ impl PoolRegistry {
                     max_message_size: config.server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32,
                     max_prepared_statements: config.pool.max_prepared_statements,
                 };
-                Pool::new(PgConnector::new(target), settings_for(config, db))
+                Pool::new(PgConnector::new(target).listed_in(self.servers.clone()), settings_for(config, db))
             })
             .clone()
     }

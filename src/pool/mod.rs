@@ -40,6 +40,8 @@ pub trait Poolable: Send + 'static {
     fn is_alive(&mut self) -> bool;
     /// Brings a dirty connection back to a clean state; `false` means it must be closed.
     fn reset(&mut self) -> impl Future<Output = bool> + Send;
+    /// It is back in the idle list.
+    fn checked_in(&mut self) {}
 }
 
 /// Errors from [`Pool::checkout`].
@@ -353,7 +355,8 @@ impl<C: Connect> Inner<C> {
         self.backoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn checkin(&self, conn: C::Conn, created: Instant) {
+    pub(crate) fn checkin(&self, mut conn: C::Conn, created: Instant) {
+        conn.checked_in();
         let settings = self.settings.load();
         let now = Instant::now();
         if self.closed.load(Ordering::Acquire) || settings.expired_at(now, created, now) {

@@ -40,6 +40,8 @@ pub struct PgConnector {
     welcome: ArcSwapOption<Welcome>,
     /// Startup settings already seen, with the values the server normalized them to.
     normalized: DashMap<Vec<(String, String)>, ParamSet>,
+    /// Where its connections are listed (SHOW SERVERS).
+    registry: Option<Arc<super::registry::ServerRegistry>>,
 }
 
 /// Distinct startup-setting combinations remembered per connector.
@@ -48,7 +50,13 @@ const MAX_NORMALIZED: usize = 1024;
 impl PgConnector {
     /// A connector for `target`.
     pub fn new(target: ServerTarget) -> Self {
-        Self { target, welcome: ArcSwapOption::empty(), normalized: DashMap::new() }
+        Self { target, welcome: ArcSwapOption::empty(), normalized: DashMap::new(), registry: None }
+    }
+
+    /// Lists the connections it opens in `registry`.
+    pub fn listed_in(mut self, registry: Arc<super::registry::ServerRegistry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// The target.
@@ -79,8 +87,12 @@ impl crate::pool::Connect for PgConnector {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<ServerConnection, ServerError> {
-        let (conn, welcome) = login::connect(&self.target).await?;
+        let (mut conn, welcome) = login::connect(&self.target).await?;
         self.welcome.store(Some(Arc::new(welcome)));
+        if let Some(registry) = &self.registry {
+            let local = conn.stream.local_addr().ok();
+            conn.entry = Some(registry.register(&self.target.user, &self.target.database, conn.addr(), local, conn.key().pid));
+        }
         Ok(conn)
     }
 }

@@ -41,6 +41,7 @@ pub(super) async fn connect(target: &ServerTarget) -> Result<(ServerConnection, 
         responses: ResponseQueue::default(),
         key: BackendKey::default(),
         addr,
+        entry: None,
     };
     let mut out = BytesMut::new();
     let params = [("user", target.user.as_str()), ("database", target.database.as_str())];

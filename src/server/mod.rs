@@ -4,6 +4,7 @@
 
 mod connector;
 mod login;
+pub mod registry;
 mod reset;
 
 pub use connector::{PgConnector, ServerTarget, Welcome};
@@ -103,6 +104,8 @@ pub struct ServerConnection {
     pub(crate) responses: ResponseQueue,
     key: BackendKey,
     addr: SocketAddr,
+    /// Its entry in SHOW SERVERS, when the connector keeps a registry.
+    pub(crate) entry: Option<registry::ServerHandle>,
 }
 
 impl std::fmt::Debug for ServerConnection {
@@ -297,6 +300,12 @@ impl crate::pool::Poolable for ServerConnection {
 
     async fn reset(&mut self) -> bool {
         reset::reset(self).await
+    }
+
+    fn checked_in(&mut self) {
+        if let Some(e) = &self.entry {
+            e.release();
+        }
     }
 }
 

@@ -356,6 +356,9 @@ impl Running {
             }
             let Some(h) = held.as_mut() else { continue };
             let server = &mut h.server;
+            if let Some(e) = &server.entry {
+                e.serve(self.entry.id);
+            }
             self.cancel.slot.set((server.addr(), server.key()));
             let registry = opts.release_at_idle.then_some(&*self.ctx.statements);
             let relayed = relay::relay(

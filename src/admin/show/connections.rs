@@ -6,18 +6,50 @@
 //! hex), `application_name` (at login) and `id`. Empty or 0: `replication`, `close_needed`,
 //! `link`, `remote_pid`, `tls` (no TLS yet), `prepared_statements`.
 //!
-//! SHOW SERVERS needs one row per server connection, and the pools keep no registry of them
-//! (only counts: see SHOW POOLS). Rather than invent rows, it answers 0A000 naming the counts
-//! it can give.
+//! SHOW SERVERS: one row per open server connection (primaries and replicas). What sluice
+//! fills: `type` (`S`), `user` (the login role), `database` (the name on the server), `state`
+//! (`active`: checked out by a client, `idle`: in its pool), `addr`/`port` (the server),
+//! `local_addr`/`local_port`, `connect_time`, `request_time` (last checkout or return), `ptr`
+//! (sluice's connection number, in hex), `link` (the `ptr` of the client it serves),
+//! `remote_pid` (the backend's process id) and `id`. Empty or 0: `replication`, `wait`,
+//! `wait_us`, `close_needed`, `tls`, `application_name`, `prepared_statements`.
 
 use super::Show;
 use crate::admin::result::{int, text, Column, Row};
 use crate::admin::AdminError;
 use crate::app::{ClientEntry, ClientState, Shared};
+use crate::server::registry::ServerEntry;
 use std::time::SystemTime;
 
 fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string().replace('T', " ").replace('Z', " UTC")
+}
+
+fn server_row(s: &ServerEntry) -> Row {
+    let (client, since) = s.state();
+    let (local, local_port) = s.local.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port()));
+    Row::new()
+        .text("S")
+        .text(s.user.clone())
+        .text(s.database.clone())
+        .text("")
+        .text(if client.is_some() { "active" } else { "idle" })
+        .text(s.server.ip().to_string())
+        .num(s.server.port())
+        .text(local)
+        .num(local_port)
+        .text(time(s.connected))
+        .text(time(since))
+        .num(0)
+        .num(0)
+        .num(0)
+        .text(format!("{:x}", s.id))
+        .text(client.map(|c| format!("{c:x}")).unwrap_or_default())
+        .num(s.pid)
+        .text("")
+        .text("")
+        .num(0)
+        .num(s.id)
 }
 
 fn client_row(c: &ClientEntry, now: SystemTime) -> Row {
@@ -50,7 +82,7 @@ fn client_row(c: &ClientEntry, now: SystemTime) -> Row {
         .num(c.id)
 }
 
-/// PgBouncer's columns for SHOW CLIENTS and SHOW SERVERS, for when the registry exists.
+/// PgBouncer's columns for SHOW CLIENTS and SHOW SERVERS.
 pub const SOCKET_COLUMNS: &[Column] = &[
     text("type"),
     text("user"),
@@ -94,10 +126,7 @@ impl Show for Servers {
     const COLUMNS: &'static [Column] = SOCKET_COLUMNS;
 
     fn rows(ctx: &Shared) -> Result<Vec<Row>, AdminError> {
-        let open: usize = ctx.pools.all().iter().map(|(_, p)| p.state()).map(|s| s.active + s.idle).sum();
-        Err(AdminError::NotImplemented(format!(
-            "SHOW SERVERS is not implemented yet: the pools keep no per-connection registry \
-             ({open} server connections; SHOW POOLS has them per pool)"
-        )))
+        Ok(ctx.pools.servers.all().iter().map(|s| server_row(s)).collect())
     }
+
 }
