@@ -502,3 +502,47 @@ async fn show_advice_and_sluice_advise_size_the_pool_from_live_statistics() {
     assert!(stdout.contains(&format!("{db}: pool_size 7 -> recommended")), "{stdout}");
     assert!(stdout.contains("Little's law"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_resume_around_a_postgres_restart_cost_clients_no_errors() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let bins = sluice::cluster::PgBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let mut cluster = sluice::cluster::Cluster::start(&bins, &sluice::cluster::ClusterOptions::default())
+        .unwrap_or_else(|e| panic!("starting a cluster: {e}"));
+    cluster.primary.psql("postgres", "CREATE DATABASE app").expect("create database");
+    cluster.primary.psql("app", "CREATE TABLE t (id serial PRIMARY KEY, v int)").expect("create table");
+    let text = config_text(cluster.primary.addr(), "app", "[pool]\nsize = 4", "");
+    let sluice = sluice::app::Sluice::start(sluice::config::Config::from_toml(&text).unwrap()).await.expect("sluice starts");
+    let addr = sluice.local_addrs()[0];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (stop, done, c) = (stop.clone(), done.clone(), connect(addr, "app").await);
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                c.execute("INSERT INTO t (v) VALUES ($1)", &[&i]).await.expect("no client error across the restart");
+                c.query_one("SELECT count(*) FROM t", &[]).await.expect("no client error across the restart");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    assert!(eventually(Duration::from_secs(20), || done.load(Ordering::Relaxed) >= 50).await);
+    let console = admin(addr).await;
+    console.simple_query("PAUSE app").await.expect("PAUSE");
+    let before = done.load(Ordering::Relaxed);
+    tokio::task::block_in_place(|| {
+        cluster.primary.stop();
+        cluster.primary.start().expect("Postgres restarts");
+    });
+    assert_eq!(done.load(Ordering::Relaxed), before, "nothing ran while paused");
+    console.simple_query("RESUME app").await.expect("RESUME");
+    assert!(eventually(Duration::from_secs(20), || done.load(Ordering::Relaxed) >= before + 50).await, "clients went on");
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("every client ran without an error");
+    }
+    sluice.shutdown(Duration::from_secs(2)).await;
+}
