@@ -1,5 +1,7 @@
 //! Features whose state lives in one server connection and cannot follow a client to another:
-//! LISTEN, session-level advisory locks, cursors WITH HOLD, temporary tables and SQL PREPARE. In
+//! LISTEN, session-level advisory locks, cursors WITH HOLD, temporary tables, SQL PREPARE, and a
+//! role or setting changed in ways sluice does not track (SET ROLE, SET SESSION AUTHORIZATION,
+//! `set_config()`): left on a shared connection they would apply to the next client. In
 //! transaction mode a client that uses one is pinned to its server connection for the rest of
 //! its session (which then ends with DISCARD ALL), so it is never silently wrong. Pure and cheap:
 //! a case-insensitive scan of the statement text, no allocation.
@@ -13,6 +15,9 @@ const PINNING: &[(&[u8], &str)] = &[
     (b"temp ", "temporary tables"),
     (b"temporary ", "temporary tables"),
     (b"prepare ", "PREPARE"),
+    (b"set role", "SET ROLE"),
+    (b"session authorization", "SET SESSION AUTHORIZATION"),
+    (b"set_config", "set_config()"),
 ];
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
@@ -48,6 +53,9 @@ mod tests {
         assert_eq!(pinning_feature(b"CREATE TEMP TABLE t (x int)"), Some("temporary tables"));
         assert_eq!(pinning_feature(b"create temporary table t as select 1"), Some("temporary tables"));
         assert_eq!(pinning_feature(b"  PREPARE q AS select 1"), Some("PREPARE"));
+        assert_eq!(pinning_feature(b"SET ROLE bob"), Some("SET ROLE"));
+        assert_eq!(pinning_feature(b"set session authorization bob"), Some("SET SESSION AUTHORIZATION"));
+        assert_eq!(pinning_feature(b"SELECT set_config('app.tenant', '7', false)"), Some("set_config()"));
     }
 
     #[test]
