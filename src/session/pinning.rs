@@ -20,6 +20,30 @@ const PINNING: &[(&[u8], &str)] = &[
     (b"set_config", "set_config()"),
 ];
 
+/// Whether every `set_config(` in `sql` sets, by a literal name, a setting that cannot change
+/// what anyone's queries return (`jit`, `work_mem`, planner switches...): drivers such as
+/// asyncpg turn `jit` off and on around their catalog queries, which must not pin them.
+fn harmless_set_configs(sql: &[u8]) -> bool {
+    let mut rest = sql;
+    while let Some(at) = find_ci(rest, b"set_config") {
+        rest = &rest[at + b"set_config".len()..];
+        let args = rest.trim_ascii_start();
+        let Some(args) = args.strip_prefix(b"(") else { continue };
+        let args = args.trim_ascii_start();
+        let Some(quoted) = args.strip_prefix(b"'") else { return false };
+        let Some(end) = quoted.iter().position(|&b| b == b'\'') else { return false };
+        let name = String::from_utf8_lossy(&quoted[..end]);
+        if !crate::cache::key::is_ignored_setting(&name) {
+            return false;
+        }
+    }
+    true
+}
+
+fn find_ci(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w.iter().zip(needle).all(|(a, b)| a.to_ascii_lowercase() == *b))
+}
+
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len()
         && hay.windows(needle.len()).any(|w| w.iter().zip(needle).all(|(a, b)| a.to_ascii_lowercase() == *b))
@@ -34,6 +58,7 @@ pub fn pinning_feature(sql: &[u8]) -> Option<&'static str> {
             b"temp " | b"temporary " => contains_ci(sql, b"create"),
             b"prepare " => sql.iter().position(|b| !b.is_ascii_whitespace()).is_some_and(|i| contains_ci(&sql[i..(i + 8).min(sql.len())], b"prepare ")),
             b"listen" => contains_ci(sql, b"listen ") || sql.trim_ascii().eq_ignore_ascii_case(b"listen"),
+            b"set_config" => !harmless_set_configs(sql),
             _ => true,
         };
         creates.then_some(*feature)
@@ -56,6 +81,11 @@ mod tests {
         assert_eq!(pinning_feature(b"SET ROLE bob"), Some("SET ROLE"));
         assert_eq!(pinning_feature(b"set session authorization bob"), Some("SET SESSION AUTHORIZATION"));
         assert_eq!(pinning_feature(b"SELECT set_config('app.tenant', '7', false)"), Some("set_config()"));
+        assert_eq!(pinning_feature(b"select set_config($1, $2, false)"), Some("set_config()"));
+        assert_eq!(
+            pinning_feature(b"SELECT set_config('jit', 'off', false), set_config('role', 'bob', false)"),
+            Some("set_config()")
+        );
     }
 
     #[test]
@@ -63,6 +93,8 @@ mod tests {
         for q in [
             &b"SELECT abalance FROM pgbench_accounts WHERE aid = 1"[..],
             b"select pg_advisory_xact_lock(1)",
+            b"SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new",
+            b"SELECT set_config('jit', $1, false)",
             b"UPDATE t SET temperature = 1",
             b"insert into listeners values (1)",
             b"select 'prepare me'",
