@@ -398,3 +398,60 @@ async fn wait_replica_reads_without_fallback(c: &tokio_postgres::Client) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_that_change_the_pool_size_and_the_replica_list_under_load_cost_clients_no_errors() {
+    let cluster = own_cluster();
+    let sluice = start_router(&cluster, "read_your_writes = \"off\"").await;
+    let addr = sluice.local_addrs()[0];
+    let config = |size: usize, with_replica: bool| {
+        let sections = format!(
+            "[pool]\nsize = {size}\n\n[routing]\nread_write_split = true\nlag_check_interval = \"20ms\"\n\
+             read_your_writes = \"off\"\nread_only_functions = [\"pg_is_in_recovery\"]\n"
+        );
+        let replicas = if with_replica { format!("\"{}\"", replica(&cluster).addr()) } else { String::new() };
+        let text = config_text(cluster.primary.addr(), DB, &sections, &format!("replicas = [{replicas}]"));
+        sluice::config::Config::from_toml(&text.replace("127.0.0.1:0", &addr.to_string())).unwrap()
+    };
+    // Clients write and read without pause for the whole test; any error fails it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (stop, done, c) = (stop.clone(), done.clone(), connect(&sluice).await);
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0i32;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = i * 1_000_000 + n;
+                c.execute("INSERT INTO t VALUES ($1, $2)", &[&id, &n]).await.expect("a write failed during a reload");
+                c.simple_query("SELECT pg_is_in_recovery(), count(*) FROM t").await.expect("a read failed during a reload");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let watcher = connect(&sluice).await;
+    wait_reads_on(&watcher, true, "the replica configured").await;
+    let progress = |min: u64| {
+        let done = done.clone();
+        move || done.load(Ordering::Relaxed) >= min
+    };
+    for (size, with_replica) in [(2, false), (6, true), (3, false), (4, true)] {
+        let before = done.load(Ordering::Relaxed);
+        sluice.reload(config(size, with_replica)).expect("a valid reload is applied");
+        wait_reads_on(&watcher, with_replica, &format!("replicas {with_replica}, pool {size}")).await;
+        assert!(eventually(Duration::from_secs(20), progress(before + 20)).await, "clients went on");
+    }
+    // A reload that does not validate is refused, and the running configuration stays.
+    let mut bad = config(4, true);
+    bad.pool.size = 0;
+    assert!(sluice.reload(bad).is_err(), "pool.size = 0 is refused");
+    assert_eq!(sluice.shared().config.load().pool.size, 4);
+    let before = done.load(Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(20), progress(before + 20)).await, "clients went on after the refusal");
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("no client saw an error");
+    }
+    sluice.shutdown(Duration::ZERO).await;
+}
