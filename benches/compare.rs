@@ -95,21 +95,7 @@ fn start_sluice(dir: &Path, primary_port: u16, tag: &str) -> Result<Proc> {
          [pool]\nmode = \"transaction\"\nsize = {POOL}\n\n\
          [databases.{DB}]\nprimary = \"127.0.0.1:{primary_port}\"\ndbname = \"postgres\"\n"
     );
-    std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
-    let out = File::create(&log).map_err(|e| e.to_string())?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    // Cargo builds the binary (release profile under `cargo bench`) before this benchmark.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    let child = die_with_parent(&mut cmd)
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_sluice")))?;
-    Proc { name: "sluice", port, child, log }.wait_listening()
+    spawn_sluice("sluice", port, &file, &log, &text)
 }
 
 /// Opens `n` client connections, each sending a StartupMessage (user postgres, database `db`);

@@ -19,7 +19,7 @@ mod support;
 use plotters::prelude::*;
 use sluice::cluster::{Cluster, ClusterOptions, PgBinaries};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 use support::*;
 
@@ -62,20 +62,7 @@ fn start_sluice(dir: &Path, primary: u16, pool: usize, tag: &str) -> Result<Proc
          [pool]\nmode = \"transaction\"\nsize = {pool}\nquery_wait_timeout = \"120s\"\n\n\
          [databases.{DB}]\nprimary = \"127.0.0.1:{primary}\"\ndbname = \"postgres\"\n"
     );
-    std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
-    let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    let child = die_with_parent(&mut cmd)
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("starting sluice: {e}"))?;
-    Proc { name: "sluice", port, child, log }.wait_listening()
+    spawn_sluice("sluice", port, &file, &log, &text)
 }
 
 /// Runs one admin-console command on the sluice at `port` with psql; returns its output.

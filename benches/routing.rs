@@ -27,11 +27,10 @@
 mod support;
 
 use sluice::cluster::{Cluster, ClusterOptions, PgBinaries};
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -91,22 +90,7 @@ fn start_sluice(dir: &Path, primary: u16, replica: u16, split: bool) -> Result<S
          dbname = \"postgres\"\n\n\
          [routing]\nread_write_split = {split}\nread_your_writes = \"session\"\nlag_check_interval = \"100ms\"\n"
     );
-    std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
-    let out = File::create(&log).map_err(|e| e.to_string())?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    // Cargo builds the binary (release profile under `cargo bench`) before this benchmark.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    let child = die_with_parent(&mut cmd)
-        .args(["run", "-c"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_sluice")))?;
-    let proc = Proc { name: if split { "sluice (routing on)" } else { "sluice (routing off)" }, port, child, log }
-        .wait_listening()?;
+    let proc = spawn_sluice(if split { "sluice (routing on)" } else { "sluice (routing off)" }, port, &file, &log, &text)?;
     // The metrics endpoint starts after the client listener: wait for it too.
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {

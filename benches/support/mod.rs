@@ -292,6 +292,25 @@ pub fn pgbench(
     Ok(o)
 }
 
+/// Writes `text` to `file` and starts the release build of sluice on it (Cargo builds the binary
+/// before the benchmark), logging to `log` at `warn`; returns once it listens on `port`.
+pub fn spawn_sluice(name: &'static str, port: u16, file: &Path, log: &Path, text: &str) -> Result<Proc> {
+    std::fs::write(file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
+    let out = File::create(log).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let child = die_with_parent(&mut cmd)
+        .args(["run", "-c"])
+        .arg(file)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_sluice")))?;
+    Proc { name, port, child, log: log.to_path_buf() }.wait_listening()
+}
+
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()

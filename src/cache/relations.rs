@@ -18,20 +18,33 @@ pub struct RelationKinds {
     known: DashMap<Box<str>, (u64, bool)>,
 }
 
-fn key(search_path: &str, name: &str) -> String {
-    let mut k = String::with_capacity(search_path.len() + 1 + name.len());
+fn key_into(k: &mut String, search_path: &str, name: &str) {
+    k.clear();
     k.push_str(search_path);
     k.push('\0');
     k.push_str(name);
+}
+
+fn key(search_path: &str, name: &str) -> String {
+    let mut k = String::with_capacity(search_path.len() + 1 + name.len());
+    key_into(&mut k, search_path, name);
     k
 }
 
 impl RelationKinds {
     /// Whether a read over `name` (as the classifier names relations) may be cached, if known
     /// at `epoch`.
+    /// Asked on every cacheable read: the key is built in a buffer reused per thread.
     pub fn verdict(&self, search_path: &str, name: &str, epoch: u64) -> Option<bool> {
-        let found = self.known.get(key(search_path, name).as_str())?;
-        (found.0 == epoch).then_some(found.1)
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        KEY.with(|k| {
+            let mut k = k.borrow_mut();
+            key_into(&mut k, search_path, name);
+            let found = self.known.get(k.as_str())?;
+            (found.0 == epoch).then_some(found.1)
+        })
     }
 
     /// Remembers what the catalog said about `name`: its `relkind`, or `None` when no
