@@ -113,19 +113,27 @@ impl SessionError {
 }
 
 /// What ends a session that is waiting: sluice shutting down, or its database killed.
+///
+/// Both are the session's own child tokens: waiting on them locks only the session's own
+/// waiter list, never one shared with every other session.
 struct Stops {
     shutdown: CancellationToken,
     kill: CancellationToken,
 }
 
 impl Stops {
-    /// Runs `f` unless a stop comes first.
+    fn new(ctx: &Shared, database: &str) -> Self {
+        Stops { shutdown: ctx.shutdown.child_token(), kill: ctx.gates.kill_token(database).child_token() }
+    }
+
+    /// Runs `f` unless a stop comes first. `f` is polled first: when it is ready at once (a
+    /// free server connection, bytes already sent), the stops are not waited on at all.
     async fn until<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, SessionError> {
         tokio::select! {
             biased;
+            r = f => Ok(r),
             _ = self.kill.cancelled() => Err(SessionError::Killed),
             _ = self.shutdown.cancelled() => Err(SessionError::Shutdown),
-            r = f => Ok(r),
         }
     }
 }
@@ -167,7 +175,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         application_name: client.get("application_name").unwrap_or_default().to_owned(),
     });
     let client = ClientConn::new(stream, buf, session_max(&ctx), client);
-    let stops = Stops { shutdown: ctx.shutdown.clone(), kill: ctx.gates.kill_token(&database) };
+    let stops = Stops::new(&ctx, &database);
     let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache, database, stops, entry };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
     let result = run.run(opts).await;
@@ -371,6 +379,7 @@ impl Running {
                 self.cache.as_mut(),
             );
             let end = tokio::select! {
+                biased;
                 end = relayed => end,
                 _ = self.stops.kill.cancelled() => {
                     // Whatever the server was doing, its connection goes.
