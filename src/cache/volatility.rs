@@ -293,23 +293,7 @@ impl Scan<'_> {
 
     /// From `/*`, the index after the comment (block comments nest).
     fn block_comment_end(&self, from: usize) -> usize {
-        let b = self.b;
-        let (mut depth, mut i) = (0usize, from);
-        while i + 1 < b.len() {
-            if b[i] == b'/' && b[i + 1] == b'*' {
-                depth += 1;
-                i += 2;
-            } else if b[i] == b'*' && b[i + 1] == b'/' {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return i;
-                }
-            } else {
-                i += 1;
-            }
-        }
-        b.len()
+        crate::router::hint::block_comment_end(self.b, from).unwrap_or(self.b.len())
     }
 }
 

@@ -161,8 +161,9 @@ pub(crate) fn skip_quoted(b: &[u8], start: usize, backslash_escapes: bool) -> us
     b.len()
 }
 
-/// From `/*`, (index after the comment, index where its text ends).
-fn skip_block_comment(b: &[u8], start: usize) -> (usize, usize) {
+/// From `/*`, the index after the comment (block comments nest, as in PostgreSQL); `None` if
+/// it never ends.
+pub(crate) fn block_comment_end(b: &[u8], start: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut i = start;
     while i + 1 < b.len() {
@@ -173,13 +174,18 @@ fn skip_block_comment(b: &[u8], start: usize) -> (usize, usize) {
             depth -= 1;
             i += 2;
             if depth == 0 {
-                return (i, i - 2);
+                return Some(i);
             }
         } else {
             i += 1;
         }
     }
-    (b.len(), b.len())
+    None
+}
+
+/// From `/*`, (index after the comment, index where its text ends).
+fn skip_block_comment(b: &[u8], start: usize) -> (usize, usize) {
+    block_comment_end(b, start).map_or((b.len(), b.len()), |end| (end, end - 2))
 }
 
 /// From a `$`: past a dollar-quoted body if one starts here (`$$` or `$tag$`), else past the `$`

@@ -28,7 +28,7 @@ pub(crate) fn literal_shape(sql: &str, out: &mut String) -> bool {
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n + 1);
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => match skip_block_comment(b, i) {
+            b'/' if b.get(i + 1) == Some(&b'*') => match crate::router::hint::block_comment_end(b, i) {
                 Some(end) => i = end,
                 None => return false,
             },
@@ -86,29 +86,6 @@ fn is_word_byte(c: u8) -> bool {
 fn word_before(b: &[u8], at: usize) -> &[u8] {
     let start = b[..at].iter().rposition(|&c| !is_word_byte(c)).map_or(0, |p| p + 1);
     &b[start..at]
-}
-
-/// From `/*`, the index after the comment (comments nest); `None` if it never ends.
-fn skip_block_comment(b: &[u8], start: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut i = start;
-    while i + 1 < b.len() {
-        match (b[i], b[i + 1]) {
-            (b'/', b'*') => {
-                depth += 1;
-                i += 2;
-            }
-            (b'*', b'/') => {
-                depth -= 1;
-                i += 2;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    None
 }
 
 /// From `"`, the index after the quoted identifier (`""` inside is a quote); `None` if it
