@@ -33,11 +33,9 @@
 mod support;
 
 use sluice::cluster::{Cluster, ClusterOptions, PgBinaries};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::*;
 
 /// Server connections per pool.
@@ -116,28 +114,8 @@ fn start_sluice(dir: &Path, primary: u16, name: &'static str, tag: &str, cache: 
     );
     let proc = spawn_sluice(name, port, &file, &log, &text)?;
     // The metrics endpoint starts after the client listener: wait for it too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("sluice's metrics endpoint is not listening on {metrics_port}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_metrics(metrics_port)?;
     Ok(Sluice { proc, metrics_port })
-}
-
-/// `GET /metrics` over a plain TCP connection; the body is the Prometheus text format.
-fn scrape(port: u16) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("metrics request: {e}"))?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| format!("metrics response: {e}"))?;
-    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
-        return Err(format!("metrics: {}", text.lines().next().unwrap_or("empty response")));
-    }
-    Ok(text)
 }
 
 /// The value of the sample of metric `name` whose labels contain every one of `labels`

@@ -27,8 +27,6 @@
 mod support;
 
 use sluice::cluster::{Cluster, ClusterOptions, PgBinaries};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -92,13 +90,7 @@ fn start_sluice(dir: &Path, primary: u16, replica: u16, split: bool) -> Result<S
     );
     let proc = spawn_sluice(if split { "sluice (routing on)" } else { "sluice (routing off)" }, port, &file, &log, &text)?;
     // The metrics endpoint starts after the client listener: wait for it too.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
-        if Instant::now() > deadline {
-            return Err(format!("sluice's metrics endpoint is not listening on {metrics_port}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_metrics(metrics_port)?;
     Ok(Sluice { proc, metrics_port, split })
 }
 
@@ -124,20 +116,6 @@ impl Routes {
     fn total(self) -> u64 {
         self.primary + self.replica
     }
-}
-
-/// `GET /metrics` over a plain TCP connection; the body is the Prometheus text format.
-fn scrape(port: u16) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("metrics request: {e}"))?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| format!("metrics response: {e}"))?;
-    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
-        return Err(format!("metrics: {}", text.lines().next().unwrap_or("empty response")));
-    }
-    Ok(text)
 }
 
 fn routes(s: &Sluice) -> Result<Routes> {

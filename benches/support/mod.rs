@@ -7,7 +7,7 @@
 
 use sluice::cluster::PgBinaries;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -309,6 +309,33 @@ pub fn spawn_sluice(name: &'static str, port: u16, file: &Path, log: &Path, text
         .spawn()
         .map_err(|e| format!("starting {}: {e}", env!("CARGO_BIN_EXE_sluice")))?;
     Proc { name, port, child, log: log.to_path_buf() }.wait_listening()
+}
+
+/// Waits until sluice's metrics endpoint accepts connections on `port` (it starts after the
+/// client listener), at most 20 s.
+pub fn wait_metrics(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("sluice's metrics endpoint is not listening on {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `GET /metrics` over a plain TCP connection; the body is the Prometheus text format.
+pub fn scrape(port: u16) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("metrics connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("metrics request: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| format!("metrics response: {e}"))?;
+    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+        return Err(format!("metrics: {}", text.lines().next().unwrap_or("empty response")));
+    }
+    Ok(text)
 }
 
 pub fn machine() -> String {
