@@ -11,7 +11,7 @@ use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistr
 use super::pinning;
 use super::route::{Gate, RouteWatch};
 use crate::protocol::backend::TransactionStatus;
-use super::setting::{self, SettingChange, SettingTracker};
+use super::setting::{self, QuerySettings, SettingChange, SettingTracker};
 use super::state::{ClientAction, TransactionTracker};
 use crate::protocol::backend;
 use crate::protocol::frame::{Flow, Inspect, Want};
@@ -93,6 +93,8 @@ impl Inspect for ClientSide<'_> {
             }
         } else if self.statements.is_some() && matches!(tag, b'P' | b'B' | b'D' | b'C') {
             Want::Body
+        } else if tag == b'E' && self.settings.as_ref().is_some_and(|s| s.extended.wants_execute()) {
+            Want::Body
         } else if tag == b'Q' && self.settings.is_some() && len <= COPY_LIMIT {
             Want::Body
         } else {
@@ -115,6 +117,37 @@ impl Inspect for ClientSide<'_> {
 }
 
 impl ClientSide<'_> {
+    /// Follows SET / RESET run through the extended protocol: what each Parse's statement does
+    /// is carried through its Bind to the Execute that runs it.
+    fn extended_settings(&mut self, tag: u8, body: &[u8]) {
+        let Some(settings) = self.settings.as_deref_mut() else { return };
+        match tag {
+            b'P' => {
+                if settings.extended.parse(body) == SettingChange::Unreadable {
+                    self.pin = Some(setting::read::UNREADABLE_SET);
+                }
+            }
+            b'B' => settings.extended.bind(body),
+            b'C' => settings.extended.close(body),
+            _ => {
+                let ready_seq = self.tracker.asked() + u64::from(self.tracker.unsynced());
+                let (mut change, before) = settings.extended.execute(body, ready_seq);
+                match change {
+                    SettingChange::DiscardAll | SettingChange::DeallocateAll => {
+                        settings.extended.forget_all();
+                        if let Some(st) = self.statements.as_mut() {
+                            st.client.clear();
+                        }
+                    }
+                    // The client's name means nothing on the server: the server refuses it.
+                    SettingChange::Deallocate { .. } => change = SettingChange::Other,
+                    _ => {}
+                }
+                self.pin = settings.execute_sent(ready_seq, before, change);
+            }
+        }
+    }
+
     fn forward(&mut self, tag: u8, body: &[u8]) -> Flow {
         let action = self.tracker.client_message(tag);
         if action == ClientAction::Terminate {
@@ -136,12 +169,23 @@ impl ClientSide<'_> {
                 self.pin = pinning::pinning_feature(text);
             }
         }
+        if self.pin.is_none() && matches!(tag, b'P' | b'B' | b'C' | b'E') {
+            self.extended_settings(tag, body);
+        }
         let mut replaced_query = false;
         let mut internal = Vec::new();
-        if tag == b'Q' && !body.is_empty() {
+        if tag == b'Q' && !body.is_empty() && self.pin.is_none() {
             if let Some(settings) = self.settings.as_mut() {
                 let text = body.strip_suffix(&[0]).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("");
-                if let Some(mut changes) = setting::parse_query(text) {
+                let mut changes = match setting::read_query(text) {
+                    QuerySettings::Untouched => None,
+                    QuerySettings::Changes(changes) => Some(changes),
+                    QuerySettings::Pin(reason) => {
+                        self.pin = Some(reason);
+                        None
+                    }
+                };
+                if let Some(mut changes) = changes.take() {
                     let mut renamed = false;
                     if let Some(st) = self.statements.as_mut() {
                         for c in changes.iter_mut() {
@@ -266,7 +310,8 @@ impl Inspect for ServerSide<'_> {
         if let Some(settings) = self.settings.as_mut().filter(|s| !s.is_idle()) {
             match tag {
                 b'E' => settings.error(self.tracker.answered() + 1),
-                b'C' => settings.command_complete(self.tracker.answered() + 1, body),
+                // Each Execute ends with one of these (or an error).
+                b'C' | b'I' | b's' => settings.command_complete(self.tracker.answered() + 1, body),
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     let settled = settings.ready(self.tracker.answered() + 1, status);

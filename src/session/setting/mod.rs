@@ -1,10 +1,20 @@
-//! Session settings a client changes with SET and RESET in simple-protocol queries, so that
-//! they follow the client to whatever server connection it lands on in transaction mode. Pure:
-//! a small parser for queries made only of SET / RESET (and savepoint) statements, and a tracker
-//! that decides, from the server's responses, which of them took effect (not a failed one, not
-//! one rolled back with its transaction or to a savepoint before it, never SET LOCAL).
+//! Session settings a client changes with SET and RESET, in simple queries (alone or mixed
+//! with other statements) and in extended-protocol statements, so that they follow the client
+//! to whatever server connection it lands on in transaction mode. Pure:
+//! - [`read`]: what a request does to settings, read from its leading keywords;
+//! - [`extended`]: which statement each Execute runs, from the Parse and Bind before it;
+//! - [`SettingTracker`]: decides from the server's responses which changes took effect (not a
+//!   failed one, not one rolled back with its transaction or to a savepoint before it, never
+//!   SET LOCAL).
+
+pub mod extended;
+pub mod read;
+
+pub use extended::ExtendedRequests;
+pub use read::{read_query, read_statement, QuerySettings};
 
 use super::params::ParamSet;
+use read::{known_change, split};
 use std::collections::VecDeque;
 
 /// One statement that changes a session setting.
@@ -50,190 +60,40 @@ pub enum SettingChange {
     },
     /// `SET LOCAL`: it ends with its transaction, so there is nothing to carry.
     Local,
+    /// `BEGIN` / `START TRANSACTION`.
+    Begin,
+    /// `COMMIT` / `END`: the open block's changes hold.
+    Commit,
+    /// `ROLLBACK` / `ABORT`, `PREPARE TRANSACTION`, or a commit or rollback `AND CHAIN`.
+    Abort,
+    /// A statement that changes no setting.
+    Other,
+    /// A SET, RESET or DEALLOCATE sluice cannot read.
+    Unreadable,
 }
 
-/// Splits SQL into statements on semicolons outside quotes and comments; `None` for text it
-/// does not fully understand (dollar quoting, unterminated quotes).
-fn statements(sql: &str) -> Option<Vec<&str>> {
-    let b = sql.as_bytes();
-    let mut out = Vec::new();
-    let (mut start, mut i) = (0, 0);
-    while i < b.len() {
-        match b[i] {
-            b'\'' | b'"' => {
-                let q = b[i];
-                i += 1;
-                loop {
-                    if i >= b.len() {
-                        return None;
-                    }
-                    if b[i] == q {
-                        if i + 1 < b.len() && b[i + 1] == q {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            b'$' => return None,
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let end = sql[i + 2..].find("*/")?;
-                i += end + 3;
-            }
-            b';' => {
-                out.push(&sql[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-        i += 1;
+impl SettingChange {
+    /// Whether it changes what the session carries from server to server.
+    pub fn changes_session(&self) -> bool {
+        matches!(
+            self,
+            SettingChange::Set { .. }
+                | SettingChange::Reset { .. }
+                | SettingChange::ResetAll
+                | SettingChange::DiscardAll
+                | SettingChange::DeallocateAll
+                | SettingChange::Deallocate { .. }
+        )
     }
-    out.push(&sql[start..]);
-    Some(out.into_iter().map(strip).filter(|s| !s.is_empty()).collect())
-}
 
-/// Trims whitespace and leading comments.
-fn strip(mut s: &str) -> &str {
-    loop {
-        s = s.trim();
-        if let Some(rest) = s.strip_prefix("--") {
-            s = rest.split_once('\n').map_or("", |(_, r)| r);
-        } else if let Some(rest) = s.strip_prefix("/*") {
-            s = rest.split_once("*/").map_or("", |(_, r)| r);
-        } else {
-            return s;
-        }
+    /// Whether a request with it needs the tracker (settings, or savepoints that decide which
+    /// settings hold).
+    pub fn is_tracked(&self) -> bool {
+        self.changes_session()
+            || matches!(self, SettingChange::Savepoint { .. } | SettingChange::Release { .. } | SettingChange::RollbackTo { .. })
     }
 }
 
-fn keyword<'a>(s: &'a str, kw: &str) -> Option<&'a str> {
-    let head = s.get(..kw.len())?;
-    let rest = &s[kw.len()..];
-    (head.eq_ignore_ascii_case(kw) && rest.chars().next().is_none_or(|c| c.is_whitespace()))
-        .then(|| rest.trim_start())
-}
-
-fn setting_name(s: &str) -> Option<(String, &str)> {
-    let end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.')).unwrap_or(s.len());
-    let name = &s[..end];
-    (super::params::valid_name(name)).then(|| (name.to_ascii_lowercase(), s[end..].trim_start()))
-}
-
-/// A savepoint name, alone: an identifier, folded to lower case unless quoted.
-fn savepoint_name(s: &str) -> Option<String> {
-    let s = s.trim();
-    if let Some(rest) = s.strip_prefix('"') {
-        let mut name = String::new();
-        let mut chars = rest.char_indices();
-        while let Some((i, c)) = chars.next() {
-            if c != '"' {
-                name.push(c);
-            } else if rest[i + 1..].starts_with('"') {
-                name.push('"');
-                chars.next();
-            } else {
-                return (!name.is_empty() && rest[i + 1..].trim().is_empty()).then_some(name);
-            }
-        }
-        return None;
-    }
-    let plain = s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '$')
-        && s.starts_with(|c: char| c.is_alphabetic() || c == '_');
-    plain.then(|| s.to_ascii_lowercase())
-}
-
-/// `rest` after an optional `SAVEPOINT` keyword (which may also be the name itself).
-fn after_savepoint_keyword(rest: &str) -> &str {
-    keyword(rest, "SAVEPOINT").filter(|r| !r.is_empty()).unwrap_or(rest)
-}
-
-/// Reads one statement; `None` for anything that is not a SET, RESET or savepoint statement
-/// sluice understands.
-fn change(stmt: &str) -> Option<SettingChange> {
-    if let Some(rest) = keyword(stmt, "SAVEPOINT") {
-        return savepoint_name(rest).map(|name| SettingChange::Savepoint { name });
-    }
-    if let Some(rest) = keyword(stmt, "RELEASE") {
-        return savepoint_name(after_savepoint_keyword(rest)).map(|name| SettingChange::Release { name });
-    }
-    if let Some(mut rest) = keyword(stmt, "ROLLBACK") {
-        if let Some(r) = keyword(rest, "WORK").or_else(|| keyword(rest, "TRANSACTION")) {
-            rest = r;
-        }
-        let rest = after_savepoint_keyword(keyword(rest, "TO")?);
-        return savepoint_name(rest).map(|name| SettingChange::RollbackTo { name });
-    }
-    if let Some(rest) = keyword(stmt, "DISCARD") {
-        return keyword(rest, "ALL").is_some_and(str::is_empty).then_some(SettingChange::DiscardAll);
-    }
-    if let Some(mut rest) = keyword(stmt, "DEALLOCATE") {
-        if let Some(r) = keyword(rest, "PREPARE") {
-            rest = r;
-        }
-        if keyword(rest, "ALL").is_some_and(str::is_empty) {
-            return Some(SettingChange::DeallocateAll);
-        }
-        let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$')).unwrap_or(rest.len());
-        return (end > 0 && rest[end..].trim().is_empty())
-            .then(|| SettingChange::Deallocate { name: rest[..end].to_owned() });
-    }
-    if let Some(rest) = keyword(stmt, "RESET") {
-        if keyword(rest, "ALL").is_some_and(str::is_empty) {
-            return Some(SettingChange::ResetAll);
-        }
-        let (name, tail) = setting_name(rest)?;
-        return tail.is_empty().then_some(SettingChange::Reset { name });
-    }
-    let mut rest = keyword(stmt, "SET")?;
-    if keyword(rest, "LOCAL").is_some() {
-        return Some(SettingChange::Local);
-    }
-    if let Some(r) = keyword(rest, "SESSION") {
-        if keyword(r, "AUTHORIZATION").is_some() || keyword(r, "CHARACTERISTICS").is_some() {
-            return None;
-        }
-        rest = r;
-    }
-    if keyword(rest, "TRANSACTION").is_some() || keyword(rest, "ROLE").is_some() || keyword(rest, "CONSTRAINTS").is_some() {
-        return None;
-    }
-    let (name, value) = if let Some(v) = keyword(rest, "TIME").and_then(|r| keyword(r, "ZONE")) {
-        ("timezone".to_owned(), v)
-    } else {
-        let (name, tail) = setting_name(rest)?;
-        let value = keyword(tail, "TO").or_else(|| tail.strip_prefix('='))?;
-        (name, value.trim())
-    };
-    if value.is_empty() {
-        return None;
-    }
-    if value.eq_ignore_ascii_case("DEFAULT") || value.eq_ignore_ascii_case("LOCAL") && name == "timezone" {
-        return Some(SettingChange::Reset { name });
-    }
-    Some(SettingChange::Set { name, value: value.to_owned() })
-}
-
-/// What each statement of a simple query does, if it consists only of SET / RESET (and
-/// savepoint) statements, one entry per statement; `None` for any other query, or one that
-/// changes nothing (only SET LOCAL).
-pub fn parse_query(sql: &str) -> Option<Vec<SettingChange>> {
-    let head = strip(sql);
-    if ["SET", "RESET", "DISCARD", "DEALLOCATE", "SAVEPOINT", "RELEASE", "ROLLBACK"]
-        .iter()
-        .all(|k| keyword(head, k).is_none())
-    {
-        return None;
-    }
-    let out = statements(sql)?.into_iter().map(change).collect::<Option<Vec<_>>>()?;
-    out.iter().any(|c| *c != SettingChange::Local).then_some(out)
-}
 
 /// A tracked query waiting for its ReadyForQuery.
 #[derive(Debug)]
@@ -304,6 +164,8 @@ pub struct SettingTracker {
     unsure: bool,
     /// Changes that took effect, delivered at the next ReadyForQuery.
     done: Settled,
+    /// The client's extended-protocol statements and portals that change settings.
+    pub extended: ExtendedRequests,
 }
 
 impl SettingTracker {
@@ -317,6 +179,28 @@ impl SettingTracker {
     /// long) marks the statements sluice added.
     pub fn query_sent(&mut self, ready_seq: u64, changes: Vec<SettingChange>, internal: Vec<bool>) {
         self.pending.push_back(Pending { ready_seq, changes, internal, completed: 0, failed: false });
+    }
+
+    /// An extended-protocol Execute that ends at the `ready_seq`-th ReadyForQuery ran a
+    /// statement that does `change`, after `before` other Executes ending there. Returns why the
+    /// client must be pinned when that cannot be followed.
+    pub fn execute_sent(&mut self, ready_seq: u64, before: usize, change: SettingChange) -> Option<&'static str> {
+        if change == SettingChange::Unreadable {
+            return Some(read::UNREADABLE_SET);
+        }
+        if let Some(p) = self.pending.back_mut().filter(|p| p.ready_seq == ready_seq) {
+            if matches!(change, SettingChange::Begin | SettingChange::Abort)
+                && p.changes.iter().any(SettingChange::changes_session)
+            {
+                return Some(read::SET_WITH_TRANSACTION_CONTROL);
+            }
+            p.changes.push(change);
+        } else if change.is_tracked() {
+            let mut changes = vec![SettingChange::Other; before];
+            changes.push(change);
+            self.pending.push_back(Pending { ready_seq, changes, internal: Vec::new(), completed: 0, failed: false });
+        }
+        None
     }
 
     /// Whether CommandComplete bodies are needed (to tell COMMIT from ROLLBACK, and to see
@@ -378,11 +262,25 @@ impl SettingTracker {
     /// Accounts for the statements of a query that ran (inside a block when `in_block`).
     fn settle(&mut self, p: Pending, in_block: bool) {
         // After an error, only the statements before it ran; outside a block the implicit
-        // transaction of the query undid them too, except what is not transactional.
+        // transaction of the query undid them too, except what is not transactional, or what a
+        // COMMIT in the same request made hold before the error.
         let ran = if p.failed { p.completed } else { p.changes.len() };
-        for c in p.changes.into_iter().take(ran) {
+        let committed = p.changes[..ran].iter().rposition(|c| *c == SettingChange::Commit).map_or(0, |i| i + 1);
+        for (i, c) in p.changes.into_iter().take(ran).enumerate() {
             match c {
                 SettingChange::Deallocate { .. } | SettingChange::DeallocateAll => self.done.changes.push(c),
+                SettingChange::Commit => {
+                    for level in self.levels.drain(..) {
+                        self.done.changes.extend(level.changes);
+                    }
+                    self.done.unsure |= std::mem::take(&mut self.unsure);
+                }
+                SettingChange::Abort => {
+                    self.levels.clear();
+                    self.unsure = false;
+                }
+                c if !c.is_tracked() => {}
+                c if i < committed => self.in_block(c),
                 _ if !in_block => {
                     if !p.failed {
                         self.done.changes.push(c);
@@ -399,7 +297,6 @@ impl SettingTracker {
             self.levels.push(Level { mark: Mark::Begin, changes: Vec::new() });
         }
         match c {
-            SettingChange::Local => {}
             SettingChange::Savepoint { name } => {
                 self.levels.push(Level { mark: Mark::Savepoint(name), changes: Vec::new() });
             }
@@ -420,11 +317,12 @@ impl SettingTracker {
                 }
                 None => self.unsure = true,
             },
-            c => {
+            c if c.changes_session() => {
                 if let Some(level) = self.levels.last_mut() {
                     level.changes.push(c);
                 }
             }
+            _ => {}
         }
     }
 
@@ -475,7 +373,7 @@ impl Rewritten {
 
 /// A RESET returns a setting to the value the session started with, which for a client of
 /// sluice includes its startup parameters, unknown to the server connection it runs on. When
-/// `changes` (those of `sql`, as [`parse_query`] gave them) reset something the client set at
+/// `changes` (those of `sql`, as [`read_query`] gave them) reset something the client set at
 /// startup, returns the query to send instead: the client's statements as written, each RESET
 /// followed by statements of sluice's own that set the startup values again.
 /// With `force`, the query is rendered even when no RESET needs it (a DEALLOCATE was renamed).
@@ -488,14 +386,14 @@ pub fn rewrite_resets(sql: &str, changes: &[SettingChange], startup: &ParamSet, 
     if !affected && !force {
         return None;
     }
-    let stmts = statements(sql)?;
+    let stmts = split(sql)?;
     if stmts.len() != changes.len() {
         return None;
     }
     let mut out = Rewritten::default();
     for (stmt, c) in stmts.into_iter().zip(changes) {
         match c {
-            SettingChange::Deallocate { name } if change(stmt).as_ref() != Some(c) => {
+            SettingChange::Deallocate { name } if known_change(stmt).as_ref() != Some(c) => {
                 out.push(&format!("DEALLOCATE {name}"), c.clone(), false);
             }
             _ => out.push(stmt, c.clone(), false),
@@ -574,7 +472,12 @@ pub fn apply(settled: Settled, client: &mut ParamSet, server: &mut ParamSet, sta
             SettingChange::Savepoint { .. }
             | SettingChange::Release { .. }
             | SettingChange::RollbackTo { .. }
-            | SettingChange::Local => {}
+            | SettingChange::Local
+            | SettingChange::Begin
+            | SettingChange::Commit
+            | SettingChange::Abort
+            | SettingChange::Other
+            | SettingChange::Unreadable => {}
         }
     }
     if settled.unsure {
@@ -589,6 +492,14 @@ pub fn apply(settled: Settled, client: &mut ParamSet, server: &mut ParamSet, sta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The changes of a query sluice follows, `None` otherwise.
+    fn parse_query(sql: &str) -> Option<Vec<SettingChange>> {
+        match read_query(sql) {
+            QuerySettings::Changes(c) => Some(c),
+            _ => None,
+        }
+    }
 
     fn set(name: &str, value: &str) -> SettingChange {
         SettingChange::Set { name: name.into(), value: value.into() }
@@ -704,8 +615,6 @@ mod tests {
         for q in [
             "SELECT 1",
             "SET LOCAL work_mem = '1MB'",
-            "SET search_path TO a; SELECT 1",
-            "SAVEPOINT a; SELECT 1",
             "SET ROLE admin",
             "SET SESSION AUTHORIZATION bob",
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
@@ -716,6 +625,77 @@ mod tests {
         ] {
             assert_eq!(parse_query(q), None, "{q}");
         }
+    }
+
+    #[test]
+    fn sets_mixed_with_other_statements_are_followed() {
+        let other = SettingChange::Other;
+        assert_eq!(parse_query("SET search_path TO a; SELECT 1"), Some(vec![set("search_path", "a"), other.clone()]));
+        assert_eq!(parse_query("select ';'; set x.y = 2;"), Some(vec![other.clone(), set("x.y", "2")]));
+        assert_eq!(
+            parse_query("BEGIN; SET a = 1; COMMIT"),
+            Some(vec![SettingChange::Begin, set("a", "1"), SettingChange::Commit])
+        );
+        assert_eq!(read_query("SELECT 1; SELECT 2"), QuerySettings::Untouched);
+        assert_eq!(read_query("SELECT $$a;b$$"), QuerySettings::Untouched);
+        assert_eq!(read_query("UPDATE t SET a = 1; DELETE FROM t"), QuerySettings::Untouched);
+    }
+
+    #[test]
+    fn sets_sluice_cannot_follow_pin_the_client() {
+        for q in ["SET x = $$weird$$", "SET \"Odd\" = 1", "SELECT $$a$$; SET x = 1", "RESET \"x\"", "SET x"] {
+            assert_eq!(read_query(q), QuerySettings::Pin(read::UNREADABLE_SET), "{q}");
+        }
+        for q in ["SET a = 1; ROLLBACK", "SET a = 1; BEGIN", "RESET a; COMMIT AND CHAIN", "SET a = 1; PREPARE TRANSACTION 'x'"] {
+            assert_eq!(read_query(q), QuerySettings::Pin(read::SET_WITH_TRANSACTION_CONTROL), "{q}");
+        }
+        assert!(matches!(read_query("ROLLBACK; SET a = 1"), QuerySettings::Changes(_)));
+    }
+
+    #[test]
+    fn a_commit_in_the_same_request_makes_the_block_hold() {
+        let mut t = SettingTracker::default();
+        assert_eq!(run(&mut t, 1, "SET a = 1", b'T').changes, vec![]);
+        assert_eq!(run(&mut t, 2, "SET b = 2; COMMIT", b'I').changes, vec![set("a", "1"), set("b", "2")]);
+        // A failure after the COMMIT does not undo what it committed.
+        let changes = parse_query("SET c = 3; COMMIT; SET d = 4; SELECT 1/0").unwrap();
+        t.query_sent(3, changes, vec![]);
+        for _ in 0..3 {
+            t.command_complete(3, b"");
+        }
+        t.error(3);
+        assert_eq!(t.ready(3, b'I').changes, vec![set("c", "3")]);
+    }
+
+    #[test]
+    fn a_rollback_before_a_set_in_the_same_request_drops_the_block() {
+        let mut t = SettingTracker::default();
+        assert_eq!(run(&mut t, 1, "SET a = 1", b'T').changes, vec![]);
+        assert_eq!(run(&mut t, 2, "ROLLBACK; SET b = 2; COMMIT", b'I').changes, vec![set("b", "2")]);
+    }
+
+    #[test]
+    fn extended_executes_are_counted_so_that_an_error_drops_only_what_did_not_run() {
+        let mut t = SettingTracker::default();
+        // BEGIN, SELECT, SET a, SAVEPOINT s, SELECT (fails), SET b; then ROLLBACK TO s, COMMIT.
+        let sp = SettingChange::Savepoint { name: "s".into() };
+        for (i, c) in [SettingChange::Begin, SettingChange::Other, set("a", "1"), sp, SettingChange::Other, set("b", "2")]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(t.execute_sent(1, i, c), None);
+        }
+        for _ in 0..4 {
+            t.command_complete(1, b"");
+        }
+        t.error(1);
+        assert!(t.ready(1, b'E').changes.is_empty());
+        assert!(run(&mut t, 2, "ROLLBACK TO s", b'T').changes.is_empty());
+        assert_eq!(other(&mut t, 3, b"COMMIT", b'I').changes, vec![set("a", "1")]);
+        // A ROLLBACK after a SET in one run cannot be followed.
+        assert_eq!(t.execute_sent(3, 0, set("c", "3")), None);
+        assert_eq!(t.execute_sent(3, 1, SettingChange::Abort), Some(read::SET_WITH_TRANSACTION_CONTROL));
+        assert_eq!(t.execute_sent(4, 0, SettingChange::Unreadable), Some(read::UNREADABLE_SET));
     }
 
     /// Sends `sql` as query `seq` and answers it with CommandCompletes and a ReadyForQuery with
