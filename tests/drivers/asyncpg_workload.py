@@ -233,10 +233,22 @@ async def keep_busy(c, client):
         await asyncio.sleep(0.05)
 
 
+async def settings_work(c, client, r):
+    """A SET run as a prepared statement follows the client from server to server."""
+    global progress
+    if r > 0:
+        got = await c.fetchval("select current_setting('myapp.client', true)")
+        check(got == f"{client}-{r - 1}", f"client {client}: setting of round {r - 1} kept, got {got}")
+    await c.fetch(f"set myapp.client = '{client}-{r}'")
+    check(await c.fetchval("select current_setting('myapp.client')") == f"{client}-{r}", f"client {client}: setting of round {r}")
+    progress += 1
+
+
 async def worker(client, rounds_done):
     c = await connect()
     try:
         for r in range(ROUNDS):
+            await settings_work(c, client, r)
             await prepared_work(c, client, r)
             await pipelined_work(c, client, r)
             await transaction_work(c, client, r)

@@ -245,10 +245,24 @@ async def keep_busy(c, client):
         await asyncio.sleep(0.05)
 
 
+async def settings_work(c, client, r):
+    """A SET sent through the extended protocol follows the client from server to server."""
+    global progress
+    if r > 0:
+        cur = await c.execute("select current_setting('myapp.client', true)")
+        got = (await cur.fetchone())[0]
+        check(got == f"{client}-{r - 1}", f"client {client}: setting of round {r - 1} kept, got {got}")
+    await c.execute(f"set myapp.client = '{client}-{r}'")
+    cur = await c.execute("select current_setting('myapp.client')")
+    check((await cur.fetchone())[0] == f"{client}-{r}", f"client {client}: setting of round {r}")
+    progress += 1
+
+
 async def worker(client, rounds_done):
     c = await connect()
     try:
         for r in range(ROUNDS):
+            await settings_work(c, client, r)
             await prepared_work(c, client, r)
             await pipelined_work(c, client, r)
             await transaction_work(c, client, r)
