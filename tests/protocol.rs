@@ -441,3 +441,83 @@ async fn a_sync_sent_during_copy_in_is_ignored_as_postgres_ignores_it() {
     assert_eq!(seen[0], "1tnZ2GCZ3ZTDCZ", "Postgres itself");
     assert_eq!(seen[1], seen[0], "through sluice");
 }
+
+/// Messages up to and including the next ReadyForQuery, errors included.
+async fn answer(raw: &mut Raw) -> Vec<(u8, Vec<u8>)> {
+    let mut seen = Vec::new();
+    loop {
+        let m = raw.recv().await.expect("sluice answers");
+        let done = m.0 == b'Z';
+        seen.push(m);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// A Bind of the named statement `name` to the unnamed portal, then (as libpq sends for a
+/// prepared query) a Describe of the portal, an Execute and a Sync.
+fn run_prepared_like_libpq(name: &str) -> Vec<u8> {
+    let mut body = cstr("");
+    body.extend(cstr(name));
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut m = message(b'B', &body);
+    m.extend(message(b'D', b"P\0"));
+    m.extend(execute());
+    m.extend_from_slice(&SYNC);
+    m
+}
+
+/// The number of fields in the RowDescription among `msgs`.
+fn described_fields(msgs: &[(u8, Vec<u8>)]) -> Option<u16> {
+    msgs.iter().find(|m| m.0 == b'T').map(|m| u16::from_be_bytes([m.1[0], m.1[1]]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_described_request_failed_by_a_statement_gone_stale_runs_again_with_its_new_columns() {
+    let db = unique_db("stale_retry");
+    let proxy = start_proxy(&db, "[pool]\nsize = 1").await;
+    let mut raw = Raw::login(proxy.addr, &db).await;
+    raw.send(&query("create table widened (a text); insert into widened values ('1')")).await;
+    raw.until(b'Z').await;
+    let mut prepare = message(b'P', &[cstr("s1"), cstr("select * from widened"), vec![0, 0]].concat());
+    prepare.extend_from_slice(&SYNC);
+    raw.send(&prepare).await;
+    raw.until(b'Z').await;
+    raw.send(&run_prepared_like_libpq("s1")).await;
+    assert_eq!(tags(&answer(&mut raw).await), "2TDCZ");
+    // The table changes behind sluice's back.
+    let direct = connect(cluster().primary.addr(), &db).await;
+    direct.batch_execute("alter table widened add column b text default 'x'").await.unwrap();
+    // sluice prepares the statement again and runs the request again: the client reads the new
+    // description and the rows of the new shape, and never sees the error.
+    raw.send(&run_prepared_like_libpq("s1")).await;
+    let again = answer(&mut raw).await;
+    assert_eq!(tags(&again), "2TDCZ", "{again:?}");
+    assert_eq!(described_fields(&again), Some(2));
+    assert_eq!(*again.last().unwrap(), (b'Z', b"I".to_vec()));
+    // Inside a transaction the error reaches the client, as from Postgres.
+    direct.batch_execute("alter table widened add column c text default 'y'").await.unwrap();
+    raw.send(&query("begin")).await;
+    raw.until(b'Z').await;
+    raw.send(&run_prepared_like_libpq("s1")).await;
+    let failed = answer(&mut raw).await;
+    assert_eq!(tags(&failed), "EZ");
+    assert!(String::from_utf8_lossy(&failed[0].1).contains("0A000"), "{failed:?}");
+    raw.send(&query("rollback")).await;
+    raw.until(b'Z').await;
+    raw.send(&run_prepared_like_libpq("s1")).await;
+    assert_eq!(described_fields(&answer(&mut raw).await), Some(3));
+    // So does it for a request without a Describe of the portal (rows would be misread).
+    direct.batch_execute("alter table widened add column d text default 'z'").await.unwrap();
+    let mut bare = message(b'B', &[cstr(""), cstr("s1"), vec![0, 0, 0, 0, 0, 0]].concat());
+    bare.extend(execute());
+    bare.extend_from_slice(&SYNC);
+    raw.send(&bare).await;
+    assert_eq!(tags(&answer(&mut raw).await), "EZ");
+    // After which the statement runs with all four columns, and the server connection is clean.
+    raw.send(&run_prepared_like_libpq("s1")).await;
+    let last = answer(&mut raw).await;
+    assert_eq!(tags(&last), "2TDCZ", "{last:?}");
+    assert_eq!(described_fields(&last), Some(4));
+}

@@ -3,6 +3,7 @@
 
 use super::params::ParamSet;
 use super::prepared::ClientStatements;
+use super::replay::Replay;
 use super::setting::SettingTracker;
 use crate::protocol::backend::{self, Severity, SqlState, TransactionStatus};
 use crate::protocol::frame::Scanner;
@@ -31,6 +32,8 @@ pub struct ClientConn {
     pub(crate) statements: ClientStatements,
     /// SET / RESET statements waiting for the server's verdict.
     pub(crate) settings: SettingTracker,
+    /// The last request, kept while a stale statement may make it run again.
+    pub(crate) replay: Replay,
     /// The parameters the client logged in with (what RESET returns to).
     pub(crate) startup: ParamSet,
     /// The client used a feature bound to its server connection and keeps that connection.
@@ -55,6 +58,7 @@ impl ClientConn {
             to_client: BytesMut::new(),
             statements: ClientStatements::default(),
             settings: SettingTracker::default(),
+            replay: Replay::default(),
             startup: params.clone(),
             scanner: Scanner::new(max_message_size),
             pinned: false,

@@ -6,6 +6,7 @@
 //! - [`cached`]: the result cache: answering reads, gathering fills, bumping writes;
 //! - [`params`]: session parameters that follow the client;
 //! - [`relay`]: the zero-copy relay;
+//! - [`replay`]: running a request again when a shared prepared statement went stale;
 //! - [`login`]: startup and client authentication;
 //! - [`client`]: the client connection.
 
@@ -16,6 +17,7 @@ pub mod params;
 pub mod pinning;
 pub mod prepared;
 pub mod relay;
+pub mod replay;
 pub mod route;
 pub mod setting;
 pub mod state;

@@ -351,6 +351,19 @@ impl ResponseQueue {
         matches!(self.q.front(), Some(Expect::Uses { .. }))
     }
 
+    /// Whether an ErrorResponse (its body) arriving now refuses a Bind only because its
+    /// statement went stale, with the Bind's request the only one owed: nothing of that request
+    /// ran, so it may run again once the statement is prepared anew.
+    pub fn stale_statement_retries(&self, body: &[u8]) -> bool {
+        let Some(Expect::Uses { until: BIND_DONE, .. }) = self.q.front() else { return false };
+        let last_sync = self.q.iter().rposition(|e| matches!(e, Expect::Pass { sync: true, .. }));
+        if last_sync != Some(self.q.len() - 1) || self.q.iter().filter(|e| matches!(e, Expect::Pass { sync: true, .. })).count() != 1 {
+            return false;
+        }
+        let (_, code, _) = backend::parse_error_fields(body);
+        code.as_bytes() == SqlState::FEATURE_NOT_SUPPORTED.0
+    }
+
     /// Reads an ErrorResponse (its body) before it is accounted for: when it says the result
     /// type of the statement at the head of the queue changed, the statement is stale on this
     /// connection and its text gets a fresh name in `registry`.

@@ -8,6 +8,7 @@ use super::cached::SessionCache;
 use super::client::ClientConn;
 use super::params::ParamSet;
 use super::prepared::{ResponseQueue, Rewrite, ServerStatements, StatementRegistry, Statements};
+use super::replay::Replay;
 use super::pinning;
 use super::route::{Gate, RouteWatch};
 use crate::protocol::backend::TransactionStatus;
@@ -77,6 +78,8 @@ struct ClientSide<'a> {
     waiting: bool,
     /// The result cache, which notes what this session writes.
     cache: Option<&'a mut SessionCache>,
+    /// Requests kept to run again after a stale statement (transaction mode).
+    replay: Option<&'a mut Replay>,
 }
 
 impl Inspect for ClientSide<'_> {
@@ -93,7 +96,10 @@ impl Inspect for ClientSide<'_> {
             }
         } else if self.statements.is_some() && matches!(tag, b'P' | b'B' | b'D' | b'C') {
             Want::Body
-        } else if tag == b'E' && self.settings.as_ref().is_some_and(|s| s.extended.wants_execute()) {
+        } else if tag == b'E'
+            && (self.settings.as_ref().is_some_and(|s| s.extended.wants_execute())
+                || self.replay.as_ref().is_some_and(|r| r.wants_body(tag)))
+        {
             Want::Body
         } else if tag == b'Q' && self.settings.is_some() && len <= COPY_LIMIT {
             Want::Body
@@ -149,6 +155,21 @@ impl ClientSide<'_> {
     }
 
     fn forward(&mut self, tag: u8, body: &[u8]) -> Flow {
+        let request_start = self.replay.is_some()
+            && !self.tracker.unsynced()
+            && self.tracker.pending() == 0
+            && self.tracker.status() == TransactionStatus::Idle;
+        let flow = self.forward_message(tag, body);
+        if let Some(replay) = self.replay.as_deref_mut() {
+            if flow == Flow::Continue {
+                let ready_seq = self.tracker.asked() + u64::from(self.tracker.unsynced());
+                replay.client_message(tag, body, request_start, ready_seq);
+            }
+        }
+        flow
+    }
+
+    fn forward_message(&mut self, tag: u8, body: &[u8]) -> Flow {
         let action = self.tracker.client_message(tag);
         if action == ClientAction::Terminate {
             self.terminated = true;
@@ -280,6 +301,40 @@ struct ServerSide<'a> {
     commit_held: bool,
     /// The result cache: bumps committed writes, gathers a fill.
     cache: Option<&'a mut SessionCache>,
+    /// The request in flight may run again if a stale statement fails it.
+    retry_armed: bool,
+    /// It did: the scan stopped before the ErrorResponse.
+    retry: bool,
+}
+
+impl<'a> ServerSide<'a> {
+    /// An inspector that only accounts for what it sees: it holds nothing back, stops nowhere
+    /// and retries nothing.
+    fn accounting(
+        client: &'a mut ClientConn,
+        server: &'a mut ServerConnection,
+        opts: RelayOptions,
+        cache: Option<&'a mut SessionCache>,
+    ) -> Self {
+        ServerSide {
+            tracker: &mut server.tracker,
+            server_params: &mut server.params,
+            client_params: &mut client.params,
+            responses: &mut server.responses,
+            statements: &mut server.statements,
+            settings: opts.release_at_idle.then_some(&mut client.settings),
+            startup: &client.startup,
+            registry: None,
+            release: false,
+            hold_commit: false,
+            commit_held: false,
+            stop_at_ready: false,
+            ready_seen: false,
+            cache,
+            retry_armed: false,
+            retry: false,
+        }
+    }
 }
 
 impl Inspect for ServerSide<'_> {
@@ -298,6 +353,10 @@ impl Inspect for ServerSide<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        if self.retry_armed && tag == b'E' && self.responses.stale_statement_retries(body) {
+            self.retry = true;
+            return Flow::StopBefore;
+        }
         if self.hold_commit
             && tag == b'Z'
             && body.first() == Some(&b'I')
@@ -369,23 +428,7 @@ pub fn take_held_ready(
 ) -> bytes::Bytes {
     let Ok(Some(h)) = crate::protocol::frame::peek_header(&server.buf, u32::MAX >> 1) else { return bytes::Bytes::new() };
     let ready = server.buf.split_to(h.total()).freeze();
-    let mut insp = ServerSide {
-        tracker: &mut server.tracker,
-        server_params: &mut server.params,
-        client_params: &mut client.params,
-        responses: &mut server.responses,
-        statements: &mut server.statements,
-        settings: opts.release_at_idle.then_some(&mut client.settings),
-        startup: &client.startup,
-        registry: None,
-        release: false,
-        hold_commit: false,
-        commit_held: false,
-        stop_at_ready: false,
-        ready_seen: false,
-        cache,
-    };
-    insp.message(h.tag, &ready[5..]);
+    ServerSide::accounting(client, server, opts, cache).message(h.tag, &ready[5..]);
     ready
 }
 
@@ -462,6 +505,7 @@ pub async fn relay(
         waiting: false,
         cache,
         answered_before,
+        retrying: false,
     };
     let mut end = poll_fn(|cx| r.poll(cx)).await;
     if matches!(end, RelayEnd::ServerGone | RelayEnd::ServerProtocol(_)) {
@@ -514,6 +558,8 @@ struct Relay<'a> {
     cache: Option<&'a mut SessionCache>,
     /// ReadyForQuery messages the server had sent when this relay began.
     answered_before: u64,
+    /// A stale statement failed the request in flight, which runs again (see [`Replay`]).
+    retrying: bool,
 }
 
 const READ_RESERVE: usize = 8192;
@@ -635,7 +681,7 @@ impl Relay<'_> {
                     Poll::Pending => {}
                 }
             }
-            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open && !self.waiting {
+            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open && !self.waiting && !self.retrying {
                 let statements = self.registry.map(|registry| Statements {
                     client: &mut c.statements,
                     server: &mut s.statements,
@@ -657,6 +703,7 @@ impl Relay<'_> {
                     watch: self.watch.as_deref_mut(),
                     waiting: false,
                     cache: self.cache.as_deref_mut(),
+                    replay: self.registry.is_some().then_some(&mut c.replay),
                 };
                 let scanned = match c.scanner.scan(&c.buf, &mut insp) {
                     Ok(x) => x,
@@ -709,6 +756,27 @@ impl Relay<'_> {
                     ReplicaAnswer::Decided => {}
                 }
             }
+            if self.retrying {
+                // Nothing else moves until the failed attempt's answer is dropped.
+                if to_client_done {
+                    match self.retry_stale_statement(cx) {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(end) => return end,
+                    }
+                }
+                if !progress {
+                    return self.poll_idle_timer(cx);
+                }
+                continue;
+            }
+            let retry_armed = self.registry.is_some()
+                && !self.watch.as_ref().is_some_and(|w| w.on_replica())
+                && s.tracker.pending() == 1
+                && c.replay.holds(s.tracker.answered() + 1)
+                && to_server_done
+                && c.scanner.at_boundary()
+                && !self.waiting;
             if to_client_done && !parked && !s.responses.synthetic_due() && answer == ReplicaAnswer::Decided {
                 let mut insp = ServerSide {
                     tracker: &mut s.tracker,
@@ -725,11 +793,16 @@ impl Relay<'_> {
                     stop_at_ready: self.watch.as_ref().is_some_and(|w| w.on_replica()),
                     ready_seen: false,
                     cache: self.cache.as_deref_mut(),
+                    retry_armed,
+                    retry: false,
                 };
                 let scanned = match s.scanner.scan(&s.buf, &mut insp) {
                     Ok(x) => x,
                     Err(e) => return Poll::Ready(RelayEnd::ServerProtocol(e)),
                 };
+                if insp.retry {
+                    self.retrying = true;
+                }
                 if insp.commit_held && scanned.consumed == 0 {
                     return Poll::Ready(RelayEnd::CommitHeld);
                 }
@@ -772,6 +845,41 @@ impl Relay<'_> {
                 return self.poll_idle_timer(cx);
             }
         }
+    }
+
+    /// Drops the failed attempt's answer (its ErrorResponse up to its ReadyForQuery) once it
+    /// is all here, after every tracker has seen it, and offers the request again.
+    fn retry_stale_statement(&mut self, cx: &mut Context<'_>) -> Result<bool, Poll<RelayEnd>> {
+        let max = self.server.scanner.max_len();
+        let mut end = 0;
+        loop {
+            let header = match crate::protocol::frame::peek_header(&self.server.buf[end..], max) {
+                Ok(h) => h,
+                Err(e) => return Err(Poll::Ready(RelayEnd::ServerProtocol(e))),
+            };
+            match header {
+                Some(h) if self.server.buf.len() - end >= h.total() => {
+                    end += h.total();
+                    if h.tag == b'Z' {
+                        break;
+                    }
+                }
+                Some(h) => return self.read_server(cx, end + h.total()),
+                None => return self.read_server(cx, end + 5),
+            }
+        }
+        let answer = self.server.buf.split_to(end);
+        let mut insp = ServerSide::accounting(self.client, self.server, self.opts, self.cache.as_deref_mut());
+        let mut pos = 0;
+        while let Ok(Some(h)) = crate::protocol::frame::peek_header(&answer[pos..], max) {
+            insp.message(h.tag, &answer[pos + 5..pos + h.total()]);
+            pos += h.total();
+        }
+        tracing::debug!("request failed on a stale prepared statement; running it again");
+        let c = &mut *self.client;
+        c.replay.take_into(&mut c.buf);
+        self.retrying = false;
+        Ok(true)
     }
 
     /// Reads from the server; `Err` carries the end of the relay when it is gone.
