@@ -116,3 +116,117 @@ async fn a_pgbouncer_userlist_authenticates_clients_with_plain_md5_and_scram_sec
         }
     }
 }
+
+/// `select current_user` through a client.
+async fn current_user(c: &tokio_postgres::Client) -> String {
+    let rows = c.simple_query("select current_user").await.unwrap();
+    let tokio_postgres::SimpleQueryMessage::Row(r) = &rows[1] else { panic!("{rows:?}") };
+    r.get(0).unwrap().to_owned()
+}
+
+/// A cluster with a SCRAM role `s` (password `spw`) owning database `app`, an MD5 role `m`
+/// (password `mpw`), both required to log in with their method over TCP, and `postgres`
+/// trusted over TCP (sluice's `auth_user`).
+fn password_cluster() -> Cluster {
+    let cluster = own_cluster();
+    let p = &cluster.primary;
+    p.psql("postgres", "set password_encryption = 'scram-sha-256'; create role s login password 'spw'; create database app owner s")
+        .unwrap();
+    p.psql("postgres", "set password_encryption = 'md5'; create role m login password 'mpw'").unwrap();
+    p.set_hba("host all postgres 127.0.0.1/32 trust\nhost all s 127.0.0.1/32 scram-sha-256\nhost all m 127.0.0.1/32 md5\n")
+        .unwrap();
+    cluster
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_query_reads_secrets_from_the_server_and_sluice_logs_in_with_them_without_any_stored_password() {
+    let cluster = password_cluster();
+    let query = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1";
+    for method in ["scram-sha-256", "md5"] {
+        let sections = format!("[auth]\nmethod = \"{method}\"\nauth_query = \"{query}\"\nauth_user = \"postgres\"\n");
+        let proxy = start_proxy_for(cluster.primary.addr(), "app", &sections, "").await;
+        // s has a SCRAM secret: sluice logs in to the server with the keys from the client's proof.
+        let s = proxy.connect_with("s", "password=spw").await.unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(current_user(&s).await, "s");
+        // m has an MD5 secret: it answers the server's MD5 challenge (only under md5 for clients).
+        if method == "md5" {
+            let m = proxy.connect_with("m", "password=mpw").await.unwrap_or_else(|e| panic!("{method}: {e}"));
+            assert_eq!(current_user(&m).await, "m");
+        }
+        for (user, pw) in [("s", "wrong"), ("m", "wrong"), ("nobody", "spw")] {
+            let started = std::time::Instant::now();
+            let e = proxy.connect_with(user, &format!("password={pw}")).await.unwrap_err();
+            assert_eq!(sqlstate(&e), "28P01", "{method} {user}");
+            assert_eq!(e.as_db_error().unwrap().message(), format!("password authentication failed for user \"{user}\""));
+            assert!(started.elapsed() >= Duration::from_millis(200), "a failed login is answered after a delay");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scram_secret_copied_into_the_auth_file_lets_clients_through_to_a_scram_server() {
+    let cluster = password_cluster();
+    let secret = cluster.primary.psql("postgres", "select rolpassword from pg_authid where rolname = 's'").unwrap();
+    let secret = secret.trim();
+    assert!(secret.starts_with("SCRAM-SHA-256$"), "{secret}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("userlist.txt");
+    std::fs::write(&file, format!("\"s\" \"{secret}\"\n")).unwrap();
+    let sections = format!("[auth]\nmethod = \"scram-sha-256\"\nauth_file = \"{}\"\n", file.display());
+    let proxy = start_proxy_for(cluster.primary.addr(), "app", &sections, "").await;
+    let clients: Vec<_> = futures_util::future::join_all((0..3).map(|_| proxy.connect_with("s", "password=spw"))).await;
+    for c in clients {
+        assert_eq!(current_user(&c.unwrap()).await, "s");
+    }
+    assert_eq!(sqlstate(&proxy.connect_with("s", "password=nope").await.unwrap_err()), "28P01");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_beyond_the_per_user_and_per_database_limits_get_53300_and_their_places_come_back() {
+    let db = unique_db("client_limits");
+    let proxy = start_proxy(&db, "[server]\nmax_client_conn_per_user = 2\n").await;
+    let a = proxy.connect().await;
+    let b = proxy.connect().await;
+    let e = proxy.connect_with("postgres", "").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+    assert!(e.as_db_error().unwrap().message().contains("max_client_conn_per_user"), "{e}");
+    drop(a);
+    let mut back = None;
+    for _ in 0..100 {
+        if let Ok(c) = proxy.connect_with("postgres", "").await {
+            back = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    back.expect("the place of a client that left comes back").simple_query("select 1").await.unwrap();
+    drop(b);
+    let db2 = unique_db("client_limits_db");
+    let proxy = start_proxy(&db2, &format!("[databases.{db2}]\nmax_client_conn = 1\n")).await;
+    let _only = proxy.connect().await;
+    let e = proxy.connect_with("postgres", "").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "53300");
+    assert!(e.as_db_error().unwrap().message().contains("database"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_connections_pushes_out_its_own_oldest_and_normal_clients_still_log_in() {
+    use tokio::io::AsyncReadExt;
+    let db = unique_db("pending_logins");
+    let proxy = start_proxy(&db, "[server]\nmax_pending_logins = 50\nclient_login_timeout = \"60s\"\n").await;
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    // Normal clients log in promptly: each pushes out the longest-waiting half-open connection.
+    for _ in 0..10 {
+        let c = proxy.connect().await;
+        c.simple_query("select 1").await.unwrap();
+    }
+    // The oldest half-open connection was told why and closed, long before its login timeout.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), flood[0].read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("53300"), "{answer:?}");
+    assert!(proxy.sluice.shared().pending_logins.len() <= 50);
+}

@@ -4,12 +4,14 @@
 mod cancel;
 mod clients;
 mod gates;
+mod limits;
 mod pools;
 mod replicas;
 
 pub use cancel::{CancelRegistration, CancelRegistry, CancelSlot};
 pub use clients::{ClientEntry, ClientHandle, ClientRegistry, ClientState, NewClient};
 pub use gates::DatabaseGates;
+pub use limits::{ClientLimits, ClientSlot, LimitError, PendingLogin, PendingLogins};
 pub use pools::{settings_for, PoolKey, PoolRegistry};
 pub use replicas::{DatabaseReplicas, ReplicaRegistry, RoutingTable};
 
@@ -81,6 +83,12 @@ pub struct Shared {
     pub samples: crate::metrics::advice::Samples,
     /// The result cache, when `cache.enabled` was set at start.
     pub cache: Option<Arc<crate::cache::CacheHandle>>,
+    /// Secrets looked up with `auth_query`.
+    pub auth_query: crate::auth::query::AuthQuery,
+    /// Logged-in clients per user and database.
+    pub limits: ClientLimits,
+    /// Connections still logging in.
+    pub pending_logins: PendingLogins,
     clients: AtomicUsize,
 }
 
@@ -102,6 +110,7 @@ impl Shared {
         self.config.store(Arc::new(config));
         self.routing.reconfigure(&self.config.load(), &users);
         self.users.store(users);
+        self.auth_query.clear();
         self.reconfigure_cache();
         tracing::info!("configuration reloaded");
         Ok(())
@@ -167,6 +176,8 @@ impl Sluice {
         let addrs = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
         let routing = ReplicaRegistry::new(&config, &users);
         let cache = result_cache(&config)?;
+        let auth_query =
+            crate::auth::query::AuthQuery::new(config.auth.auth_query_cache.map_or(Duration::from_secs(10), |d| d.0));
         let metrics_addr = config.server.metrics_listen.as_deref().and_then(|a| a.parse::<SocketAddr>().ok());
         let metrics = if metrics_addr.is_some() { Metrics::exported() } else { Metrics::new() };
         let shared = Arc::new(Shared {
@@ -182,6 +193,9 @@ impl Sluice {
             gates: DatabaseGates::default(),
             clients_registry: ClientRegistry::default(),
             samples: Default::default(),
+            auth_query,
+            limits: ClientLimits::default(),
+            pending_logins: PendingLogins::default(),
             cache,
             clients: AtomicUsize::new(0),
         });

@@ -3,7 +3,7 @@
 
 use crate::config::{Config, DatabaseSection};
 use crate::pool::{Pool, PoolSettings};
-use crate::server::{PgConnector, ServerTarget};
+use crate::server::{Credentials, PgConnector, ServerTarget};
 use dashmap::DashMap;
 use std::time::Duration;
 
@@ -50,9 +50,9 @@ impl PoolRegistry {
         database: &str,
         db: &DatabaseSection,
         user: &str,
-        password: Option<String>,
+        credentials: Credentials,
     ) -> Pool<PgConnector> {
-        self.get_or_create_on(config, database, db, &db.primary, user, password)
+        self.get_or_create_on(config, database, db, &db.primary, user, credentials)
     }
 
     /// The pool for a database and server login on one of its servers (the primary or a
@@ -64,7 +64,7 @@ impl PoolRegistry {
         db: &DatabaseSection,
         server: &str,
         user: &str,
-        password: Option<String>,
+        credentials: Credentials,
     ) -> Pool<PgConnector> {
         let key = PoolKey { database: database.to_owned(), user: user.to_owned(), server: server.to_owned() };
         if let Some(p) = self.pools.get(&key) {
@@ -77,7 +77,9 @@ impl PoolRegistry {
                     addr: server.to_owned(),
                     user: user.to_owned(),
                     database: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
-                    password,
+                    password: credentials.password,
+                    scram: credentials.scram,
+                    md5: credentials.md5,
                     max_message_size: config.server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32,
                     max_prepared_statements: config.pool.max_prepared_statements,
                 };

@@ -3,6 +3,7 @@
 //! SCRAM-SHA-256 exchange. The session drives the exchange over the socket; sluice's own login to
 //! Postgres lives in [`crate::server`].
 
+pub mod query;
 pub mod scram;
 pub mod userlist;
 
@@ -69,6 +70,14 @@ impl Secret {
         }
     }
 
+    /// The stored MD5 secret, when that is what is stored.
+    pub fn md5(&self) -> Option<&str> {
+        match self {
+            Secret::Md5(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Keys for a SCRAM exchange with a client.
     pub fn scram(&self) -> Option<&scram::ScramSecret> {
         match self {
@@ -81,7 +90,7 @@ impl Secret {
 /// The users sluice knows, from `[auth]`.
 #[derive(Debug, Default)]
 pub struct UserStore {
-    users: HashMap<String, Secret>,
+    users: HashMap<String, Arc<Secret>>,
     /// The method clients must use.
     pub method: AuthMethod,
 }
@@ -96,17 +105,17 @@ impl UserStore {
         if let Some(f) = &config.auth.auth_file {
             let path = config.resolve(f);
             for (name, secret) in userlist::parse_file(&path)? {
-                users.insert(name, Secret::parse(&secret));
+                users.insert(name, Arc::new(Secret::parse(&secret)));
             }
         }
         for u in &config.auth.users {
-            users.insert(u.name.clone(), Secret::parse(&u.password));
+            users.insert(u.name.clone(), Arc::new(Secret::parse(&u.password)));
         }
         Ok(Arc::new(UserStore { users, method: config.auth.method }))
     }
 
     /// The stored secret of a user.
-    pub fn get(&self, user: &str) -> Option<&Secret> {
+    pub fn get(&self, user: &str) -> Option<&Arc<Secret>> {
         self.users.get(user)
     }
 }
@@ -129,6 +138,12 @@ pub fn md5_secret(user: &str, password: &str) -> String {
     format!("md5{}", md5_hex(&[password.as_bytes(), user.as_bytes()]))
 }
 
+/// The answer to an MD5 challenge with `salt`, from a stored MD5 secret (`md5` + hex): all a
+/// login needs, so sluice can log in to a server with a secret it looked up.
+pub fn md5_answer(stored: &str, salt: [u8; 4]) -> String {
+    format!("md5{}", md5_hex(&[stored.get(3..).unwrap_or_default().as_bytes(), &salt]))
+}
+
 /// Compares in time that does not depend on where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -147,8 +162,7 @@ pub fn check_md5(user: &str, secret: &Secret, salt: [u8; 4], answer: &str) -> Re
         Secret::Md5(s) => s.clone(),
         Secret::Scram(_) => return Err(AuthError::Unusable(user.to_owned(), "md5")),
     };
-    let expected = format!("md5{}", md5_hex(&[stored[3..].as_bytes(), &salt]));
-    if constant_time_eq(expected.as_bytes(), answer.as_bytes()) {
+    if constant_time_eq(md5_answer(&stored, salt).as_bytes(), answer.as_bytes()) {
         Ok(())
     } else {
         Err(AuthError::Failed(user.to_owned()))

@@ -78,6 +78,22 @@ impl ScramSecret {
     }
 }
 
+/// What a client's SCRAM proof reveals: its ClientKey, with the secret it was checked against.
+/// With both, sluice can log in to a server that stores the same secret, without the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKeys {
+    /// HMAC(SaltedPassword, "Client Key").
+    pub client_key: [u8; 32],
+    /// The secret (salt, iterations, StoredKey, ServerKey).
+    pub secret: ScramSecret,
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientKeys").field("iterations", &self.secret.iterations).finish_non_exhaustive()
+    }
+}
+
 /// One SCRAM exchange, server side.
 #[derive(Debug)]
 pub struct ScramServer {
@@ -134,6 +150,14 @@ impl ScramServer {
     /// # Errors
     /// [`AuthError::Failed`] when the proof does not match; [`AuthError::Malformed`] otherwise.
     pub fn finish(self, client_final: &[u8]) -> Result<String, AuthError> {
+        self.finish_keys(client_final).map(|(fin, _)| fin)
+    }
+
+    /// Like [`ScramServer::finish`], also returning the client's keys recovered from its proof.
+    ///
+    /// # Errors
+    /// As [`ScramServer::finish`].
+    pub fn finish_keys(self, client_final: &[u8]) -> Result<(String, ClientKeys), AuthError> {
         let text = std::str::from_utf8(client_final).map_err(|_| AuthError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = text.rsplit_once(",p=").ok_or(AuthError::Malformed("no proof"))?;
         let mut channel = None;
@@ -167,7 +191,77 @@ impl ScramServer {
             return Err(AuthError::Failed(self.user));
         }
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        Ok((format!("v={}", B64.encode(server_signature)), ClientKeys { client_key, secret: self.secret }))
+    }
+}
+
+/// The client half of SCRAM-SHA-256 with keys instead of a password (see [`ClientKeys`]).
+#[derive(Debug)]
+pub struct ScramClient {
+    keys: ClientKeys,
+    client_first_bare: String,
+    nonce: String,
+    auth_message: Option<String>,
+}
+
+impl ScramClient {
+    /// Starts an exchange; returns the client-first-message.
+    pub fn start(keys: ClientKeys) -> (ScramClient, String) {
+        let mut raw = [0u8; 18];
+        rand::thread_rng().fill_bytes(&mut raw);
+        let nonce = B64.encode(raw);
+        let client_first_bare = format!("n=,r={nonce}");
+        let first = format!("n,,{client_first_bare}");
+        (ScramClient { keys, client_first_bare, nonce, auth_message: None }, first)
+    }
+
+    /// Reads the server-first-message; returns the client-final-message.
+    ///
+    /// # Errors
+    /// [`AuthError::Malformed`] for a message that is not a server-first-message, and
+    /// [`AuthError::Unusable`] when the server's salt or iterations differ from the secret the
+    /// keys came from (the server stores another secret).
+    pub fn update(&mut self, server_first: &[u8]) -> Result<String, AuthError> {
+        let text = std::str::from_utf8(server_first).map_err(|_| AuthError::Malformed("not UTF-8"))?;
+        let (mut nonce, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            if let Some(v) = attr.strip_prefix("r=") {
+                nonce = Some(v);
+            } else if let Some(v) = attr.strip_prefix("s=") {
+                salt = B64.decode(v).ok();
+            } else if let Some(v) = attr.strip_prefix("i=") {
+                iterations = v.parse::<u32>().ok();
+            }
+        }
+        let nonce = nonce.filter(|n| n.starts_with(&self.nonce) && n.len() > self.nonce.len());
+        let nonce = nonce.ok_or(AuthError::Malformed("server nonce does not extend ours"))?;
+        if salt.as_deref() != Some(&self.keys.secret.salt[..]) || iterations != Some(self.keys.secret.iterations) {
+            return Err(AuthError::Unusable(String::new(), "the server's SCRAM secret (salt or iterations differ)"));
+        }
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
+        let signature = hmac(&self.keys.secret.stored_key, auth_message.as_bytes());
+        let mut proof = [0u8; 32];
+        for (i, p) in proof.iter_mut().enumerate() {
+            *p = self.keys.client_key[i] ^ signature[i];
+        }
+        self.auth_message = Some(auth_message);
+        Ok(format!("{without_proof},p={}", B64.encode(proof)))
+    }
+
+    /// Checks the server-final-message: the server proves it knows the secret too.
+    ///
+    /// # Errors
+    /// [`AuthError::Malformed`] when it does not.
+    pub fn finish(self, server_final: &[u8]) -> Result<(), AuthError> {
+        let auth_message = self.auth_message.ok_or(AuthError::Malformed("server-final before server-first"))?;
+        let text = std::str::from_utf8(server_final).map_err(|_| AuthError::Malformed("not UTF-8"))?;
+        let verifier = text.strip_prefix("v=").and_then(|v| B64.decode(v).ok());
+        let expected = hmac(&self.keys.secret.server_key, auth_message.as_bytes());
+        match verifier {
+            Some(v) if constant_time_eq(&v, &expected) => Ok(()),
+            _ => Err(AuthError::Malformed("the server's signature does not match")),
+        }
     }
 }
 
@@ -202,6 +296,40 @@ mod tests {
         assert!(s.verify_password("pw"));
         assert!(!s.verify_password("px"));
         assert!(ScramSecret::parse("SCRAM-SHA-256$0:AA==$AA==:AA==").is_none());
+    }
+
+    #[test]
+    fn keys_recovered_from_a_clients_proof_log_in_to_a_server_with_the_same_secret() {
+        let stored = ScramSecret::derive("pencil");
+        // A real client logs in to sluice; sluice recovers its keys.
+        let mut client = ScramSha256::new(b"pencil", ChannelBinding::unsupported());
+        let (server, first) = ScramServer::start("u", stored.clone(), client.message()).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let (fin, keys) = server.finish_keys(client.message()).unwrap();
+        client.finish(fin.as_bytes()).unwrap();
+        // sluice logs in with them to a server that stores the same secret.
+        let (mut sluice, first) = ScramClient::start(keys.clone());
+        let (upstream, server_first) = ScramServer::start("u", stored.clone(), first.as_bytes()).unwrap();
+        let client_final = sluice.update(server_first.as_bytes()).unwrap();
+        let server_final = upstream.finish(client_final.as_bytes()).unwrap();
+        sluice.finish(server_final.as_bytes()).unwrap();
+        // Not to one that stores another secret for the same password.
+        let (mut sluice, first) = ScramClient::start(keys);
+        let (_, server_first) = ScramServer::start("u", ScramSecret::derive("pencil"), first.as_bytes()).unwrap();
+        assert!(matches!(sluice.update(server_first.as_bytes()), Err(AuthError::Unusable(..))));
+    }
+
+    #[test]
+    fn a_server_that_cannot_prove_the_secret_is_refused() {
+        let keys = ClientKeys { client_key: [1; 32], secret: ScramSecret::derive("x") };
+        let (mut c, _) = ScramClient::start(keys.clone());
+        let salt = B64.encode(&keys.secret.salt);
+        let first = format!("r={}abc,s={salt},i={}", c.nonce, keys.secret.iterations);
+        c.update(first.as_bytes()).unwrap();
+        assert!(c.finish(b"v=AAAA").is_err());
+        let (mut c, _) = ScramClient::start(keys);
+        assert!(c.update(b"r=someone-else,s=AAAA,i=4096").is_err());
+        assert!(c.update(&[0xff]).is_err());
     }
 
     #[test]

@@ -109,6 +109,14 @@ pub struct ServerSection {
     pub max_message_size: ByteSize,
     /// On SIGTERM, how long running transactions may take to finish.
     pub shutdown_timeout: ConfigDuration,
+    /// Most logged-in clients per user (0 = no limit).
+    pub max_client_conn_per_user: usize,
+    /// Most logged-in clients per database (0 = no limit; `[databases.x] max_client_conn`
+    /// overrides it).
+    pub max_client_conn_per_database: usize,
+    /// Most connections in the middle of logging in; beyond it the one waiting longest is
+    /// dropped (0 = no limit).
+    pub max_pending_logins: usize,
 }
 
 impl Default for ServerSection {
@@ -122,6 +130,9 @@ impl Default for ServerSection {
             client_login_timeout: ConfigDuration(std::time::Duration::from_secs(10)),
             max_message_size: ByteSize(64 << 20),
             shutdown_timeout: ConfigDuration(std::time::Duration::from_secs(30)),
+            max_client_conn_per_user: 0,
+            max_client_conn_per_database: 0,
+            max_pending_logins: 1024,
         }
     }
 }
@@ -182,6 +193,14 @@ pub struct AuthSection {
     pub auth_file: Option<PathBuf>,
     /// Inline users.
     pub users: Vec<UserEntry>,
+    /// Query that returns a user's stored secret in its last column, with the user name as
+    /// `$1` (PgBouncer's auth_query), for users in neither the auth file nor `users`.
+    pub auth_query: Option<String>,
+    /// The login that runs `auth_query` (its password from `users`, the auth file or the
+    /// database's `password`); default: the database's `user`, else the first admin user.
+    pub auth_user: Option<String>,
+    /// How long an `auth_query` answer is kept (default 10s).
+    pub auth_query_cache: Option<ConfigDuration>,
 }
 
 /// `[[auth.users]]`
@@ -269,6 +288,8 @@ pub struct DatabaseSection {
     pub password: Option<String>,
     /// Override of pool.size.
     pub pool_size: Option<usize>,
+    /// Most logged-in clients of this database (overrides `server.max_client_conn_per_database`).
+    pub max_client_conn: Option<usize>,
 }
 
 /// `[routing]`

@@ -229,6 +229,25 @@ pub fn first_column(body: &[u8]) -> Option<String> {
     std::str::from_utf8(value).ok().map(str::to_owned)
 }
 
+/// Every column of a DataRow body as text (`None` for NULL); `None` for a malformed body.
+pub fn data_row_columns(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let columns = u16::from_be_bytes([*body.first()?, *body.get(1)?]);
+    let mut pos = 2;
+    let mut out = Vec::with_capacity(usize::from(columns).min(64));
+    for _ in 0..columns {
+        let len = i32::from_be_bytes(body.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let value = body.get(pos..pos + len as usize)?;
+        pos += len as usize;
+        out.push(Some(std::str::from_utf8(value).ok()?.to_owned()));
+    }
+    Some(out)
+}
+
 /// Reads the fields of an ErrorResponse or NoticeResponse body: (severity, code, message).
 pub fn parse_error_fields(body: &[u8]) -> (String, String, String) {
     let (mut sev, mut code, mut msg) = (String::new(), String::new(), String::new());

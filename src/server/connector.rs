@@ -18,10 +18,26 @@ pub struct ServerTarget {
     pub database: String,
     /// Password, if the server asks for one.
     pub password: Option<String>,
+    /// Without a password: SCRAM keys recovered from a client's login, for a server that
+    /// stores the same SCRAM secret.
+    pub scram: Option<crate::auth::scram::ClientKeys>,
+    /// Without a password: a stored MD5 secret (`md5` + hex), which answers an MD5 challenge.
+    pub md5: Option<String>,
     /// Largest message accepted from the server during login and internal queries.
     pub max_message_size: u32,
     /// Named statements kept prepared per connection.
     pub max_prepared_statements: usize,
+}
+
+/// What sluice logs in to a server with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// A password (cleartext, MD5 or SCRAM, whatever the server asks for).
+    pub password: Option<String>,
+    /// SCRAM keys recovered from a client's login (see [`ServerTarget::scram`]).
+    pub scram: Option<crate::auth::scram::ClientKeys>,
+    /// A stored MD5 secret (see [`ServerTarget::md5`]).
+    pub md5: Option<String>,
 }
 
 /// What a server said about itself at login: every ParameterStatus, and the tracked subset.

@@ -11,6 +11,7 @@ use crate::session::state::TransactionTracker;
 use bytes::{Buf, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
 use postgres_protocol::message::frontend;
+use crate::auth::scram::ScramClient;
 use tokio::net::TcpStream;
 
 async fn open(addr: &str) -> Result<TcpStream, ServerError> {
@@ -84,8 +85,18 @@ fn password<'a>(target: &'a ServerTarget) -> Result<&'a str, ServerError> {
     target.password.as_deref().ok_or_else(|| ServerError::NoPassword(target.user.clone()))
 }
 
+/// sluice's side of a SCRAM exchange with a server: from a password, or from a client's keys.
+enum Scram {
+    Password(ScramSha256),
+    Keys(ScramClient),
+}
+
+fn scram_error(e: impl std::fmt::Display) -> ServerError {
+    ServerError::Auth(format!("SCRAM: {e}"))
+}
+
 async fn authenticate(conn: &mut ServerConnection, target: &ServerTarget) -> Result<(), ServerError> {
-    let mut scram: Option<ScramSha256> = None;
+    let mut scram: Option<Scram> = None;
     loop {
         let (tag, body) = conn.read_whole_message().await?;
         match tag {
@@ -107,11 +118,14 @@ async fn authenticate(conn: &mut ServerConnection, target: &ServerTarget) -> Res
                 let salt: [u8; 4] = data
                     .try_into()
                     .map_err(|_| crate::protocol::ProtocolError::Malformed { what: "AuthenticationMD5Password" })?;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    target.user.as_bytes(),
-                    password(target)?.as_bytes(),
-                    salt,
-                );
+                let hash = match (&target.password, &target.md5) {
+                    (None, Some(stored)) => crate::auth::md5_answer(stored, salt),
+                    _ => postgres_protocol::authentication::md5_hash(
+                        target.user.as_bytes(),
+                        password(target)?.as_bytes(),
+                        salt,
+                    ),
+                };
                 frontend::password_message(hash.as_bytes(), &mut out)?;
             }
             10 => {
@@ -119,18 +133,31 @@ async fn authenticate(conn: &mut ServerConnection, target: &ServerTarget) -> Res
                 if !offers_scram {
                     return Err(ServerError::Auth("server offers no SASL mechanism sluice supports".into()));
                 }
-                let s = ScramSha256::new(password(target)?.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
-                scram = Some(s);
+                if let (None, Some(keys)) = (&target.password, &target.scram) {
+                    let (s, first) = ScramClient::start(keys.clone());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, first.as_bytes(), &mut out)?;
+                    scram = Some(Scram::Keys(s));
+                } else {
+                    let s = ScramSha256::new(password(target)?.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(SCRAM_SHA_256, s.message(), &mut out)?;
+                    scram = Some(Scram::Password(s));
+                }
             }
-            11 => {
-                let s = scram.as_mut().ok_or_else(|| ServerError::Auth("unexpected SASLContinue".into()))?;
-                s.update(data).map_err(|e| ServerError::Auth(e.to_string()))?;
-                frontend::sasl_response(s.message(), &mut out)?;
-            }
+            11 => match scram.as_mut().ok_or_else(|| ServerError::Auth("unexpected SASLContinue".into()))? {
+                Scram::Password(s) => {
+                    s.update(data).map_err(scram_error)?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                Scram::Keys(s) => {
+                    let fin = s.update(data).map_err(scram_error)?;
+                    frontend::sasl_response(fin.as_bytes(), &mut out)?;
+                }
+            },
             12 => {
-                let mut s = scram.take().ok_or_else(|| ServerError::Auth("unexpected SASLFinal".into()))?;
-                s.finish(data).map_err(|e| ServerError::Auth(e.to_string()))?;
+                match scram.take().ok_or_else(|| ServerError::Auth("unexpected SASLFinal".into()))? {
+                    Scram::Password(mut s) => s.finish(data).map_err(scram_error)?,
+                    Scram::Keys(s) => s.finish(data).map_err(scram_error)?,
+                }
                 continue;
             }
             other => return Err(ServerError::Auth(format!("unsupported authentication request {other}"))),

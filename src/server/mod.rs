@@ -7,7 +7,7 @@ mod login;
 pub mod registry;
 mod reset;
 
-pub use connector::{PgConnector, ServerTarget, Welcome};
+pub use connector::{Credentials, PgConnector, ServerTarget, Welcome};
 
 use crate::protocol::frame::{Flow, Inspect, Scanner, Want};
 use crate::protocol::{backend, ProtocolError};
@@ -183,12 +183,49 @@ impl ServerConnection {
         out.put_u8(0);
         self.tracker.client_message(b'Q');
         self.write(&out).await?;
+        Ok(self.first_row().await?.and_then(|row| backend::first_column(&row)))
+    }
+
+    /// Runs sluice's own parameterized query (text parameters) through the extended protocol;
+    /// returns the first row's columns as text (`None` for NULL), or `None` for no row.
+    ///
+    /// # Errors
+    /// [`ServerError`] on IO failure or a server error.
+    pub async fn run_internal_row(&mut self, sql: &str, params: &[&str]) -> Result<Option<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 64);
+        let mut message = |tag: u8, body: &[&[u8]]| {
+            out.put_u8(tag);
+            out.put_u32(body.iter().map(|b| b.len()).sum::<usize>() as u32 + 4);
+            body.iter().for_each(|b| out.put_slice(b));
+        };
+        message(b'P', &[b"\0", sql.as_bytes(), b"\0\0\0"]);
+        let mut bind = BytesMut::new();
+        bind.put_slice(b"\0\0\0\0");
+        bind.put_u16(params.len() as u16);
+        for p in params {
+            bind.put_i32(p.len() as i32);
+            bind.put_slice(p.as_bytes());
+        }
+        bind.put_u16(0);
+        message(b'B', &[&bind]);
+        message(b'E', &[b"\0\0\0\0\0"]);
+        message(b'S', &[]);
+        for tag in [b'P', b'B', b'E', b'S'] {
+            self.tracker.client_message(tag);
+        }
+        self.write(&out).await?;
+        Ok(self.first_row().await?.map(|row| backend::data_row_columns(&row).unwrap_or_default()))
+    }
+
+    /// Reads the results of an internal request up to its ReadyForQuery; returns the first
+    /// DataRow's body.
+    async fn first_row(&mut self) -> Result<Option<bytes::Bytes>, ServerError> {
         let mut error = None;
         let mut value = None;
         loop {
             let (tag, body) = self.read_whole_message().await?;
             match tag {
-                b'D' if value.is_none() => value = Some(backend::first_column(&body)),
+                b'D' if value.is_none() => value = Some(body.clone()),
                 b'E' => {
                     let (severity, code, message) = backend::parse_error_fields(&body);
                     error.get_or_insert(ServerError::Refused { severity, code, message });
@@ -206,7 +243,7 @@ impl ServerConnection {
                 break;
             }
         }
-        error.map_or(Ok(value.flatten()), Err)
+        error.map_or(Ok(value), Err)
     }
 
     /// Makes the server's session parameters equal to `target`, if they differ.

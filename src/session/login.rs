@@ -4,7 +4,7 @@
 
 use super::params::{self, ParamSet};
 use super::SessionError;
-use crate::auth::{self, scram::ScramServer, AuthError, Secret};
+use crate::auth::{self, scram::ClientKeys, scram::ScramServer, AuthError, Secret};
 use crate::config::AuthMethod;
 use crate::protocol::backend;
 use crate::protocol::frame::peek_header;
@@ -79,7 +79,9 @@ async fn expect_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<b
     }
 }
 
-/// Authenticates the client with the configured method.
+/// Authenticates the client with the configured method. When the client proved itself with
+/// SCRAM against stored SCRAM keys (no password stored), returns the keys its proof revealed,
+/// with which sluice can log in to the server in its name.
 ///
 /// # Errors
 /// [`SessionError::Auth`] when the password is wrong or the user unknown.
@@ -89,11 +91,11 @@ pub async fn authenticate(
     method: AuthMethod,
     user: &str,
     secret: Option<&Secret>,
-) -> Result<(), SessionError> {
+) -> Result<Option<ClientKeys>, SessionError> {
     let failed = || SessionError::Auth(AuthError::Failed(user.to_owned()));
     let mut out = BytesMut::new();
     match method {
-        AuthMethod::Trust => return Ok(()),
+        AuthMethod::Trust => return Ok(None),
         AuthMethod::Password => {
             backend::auth_cleartext(&mut out);
             stream.write_all(&out).await?;
@@ -112,10 +114,14 @@ pub async fn authenticate(
         }
         // SCRAM, and MD5 for a user whose only secret is SCRAM (as Postgres does).
         AuthMethod::Md5 | AuthMethod::ScramSha256 => {
-            let keys = match secret {
-                Some(s) => s.scram().cloned().ok_or_else(|| AuthError::Unusable(user.to_owned(), "scram-sha-256"))?,
-                None => auth::scram::ScramSecret::decoy(),
-            };
+            // An unknown user, or one whose secret cannot answer SCRAM (MD5), goes through the
+            // same exchange with made-up keys and fails like a wrong password: nothing tells
+            // which users exist or how their secrets are stored.
+            let usable = secret.and_then(|s| s.scram());
+            if secret.is_some() && usable.is_none() {
+                tracing::debug!(user, "the user's stored secret cannot be used with SCRAM");
+            }
+            let keys = usable.cloned().unwrap_or_else(auth::scram::ScramSecret::decoy);
             backend::auth_sasl(&mut out);
             stream.write_all(&out).await?;
             let body = expect_password(stream, buf).await?;
@@ -128,16 +134,17 @@ pub async fn authenticate(
             backend::auth_sasl_continue(&mut out, first.as_bytes());
             stream.write_all(&out).await?;
             let body = expect_password(stream, buf).await?;
-            let fin = server.finish(&body)?;
-            if secret.is_none() {
+            let (fin, keys) = server.finish_keys(&body)?;
+            if usable.is_none() {
                 return Err(failed());
             }
             out.clear();
             backend::auth_sasl_final(&mut out, fin.as_bytes());
             stream.write_all(&out).await?;
+            return Ok(matches!(secret, Some(Secret::Scram(_))).then_some(keys));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The session settings a client asked for at startup: its parameters plus `-c key=value`

@@ -90,6 +90,9 @@ pub enum SessionError {
     /// A read found no healthy replica and `replica_fallback = "error"`.
     #[error("no healthy replica for this read (replica_fallback = \"error\")")]
     NoReplica,
+    /// A client limit was reached.
+    #[error("{0}")]
+    Limit(#[from] crate::app::LimitError),
 }
 
 impl SessionError {
@@ -103,7 +106,7 @@ impl SessionError {
             SessionError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
             SessionError::Server(e) => e.sqlstate(),
             SessionError::Pool(PoolError::WaitTimeout(_)) => SqlState::QUERY_CANCELED,
-            SessionError::Pool(PoolError::TooManyWaiting(_)) => SqlState::TOO_MANY_CONNECTIONS,
+            SessionError::Pool(PoolError::TooManyWaiting(_)) | SessionError::Limit(_) => SqlState::TOO_MANY_CONNECTIONS,
             SessionError::Pool(PoolError::Connect(e)) => e.sqlstate(),
             SessionError::Pool(_) | SessionError::NoReplica => SqlState::CANNOT_CONNECT_NOW,
             SessionError::LoginTimeout => SqlState::PROTOCOL_VIOLATION,
@@ -155,9 +158,19 @@ async fn read_client(client: &mut ClientConn, stops: &Stops) -> Result<(), Sessi
 /// Serves one accepted client connection to the end.
 pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let login_timeout = ctx.config.load().server.client_login_timeout.0;
+    let (login_timeout, max_pending) = {
+        let config = ctx.config.load();
+        (config.server.client_login_timeout.0, config.server.max_pending_logins)
+    };
     let mut buf = bytes::BytesMut::with_capacity(512);
-    let opened = tokio::time::timeout(login_timeout, welcome::login(&mut stream, &mut buf, &ctx)).await;
+    let pending = ctx.pending_logins.enter(max_pending);
+    let opened = tokio::select! {
+        opened = tokio::time::timeout(login_timeout, welcome::login(&mut stream, &mut buf, &ctx)) => opened,
+        _ = pending.pushed_out.cancelled() => {
+            return refuse(&mut stream, crate::app::LimitError::PendingLogins.into()).await;
+        }
+    };
+    drop(pending);
     let session = match opened {
         Ok(Ok(Some(welcome::Opened::Client(s)))) => s,
         Ok(Ok(Some(welcome::Opened::Admin(user)))) => {
@@ -168,7 +181,8 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
         Ok(Err(e)) => return refuse(&mut stream, e).await,
         Err(_) => return refuse(&mut stream, SessionError::LoginTimeout).await,
     };
-    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache, database, user } = session;
+    let Session { client, pool, cancel, mode, idle_transaction_timeout, routing, metrics, cache, database, user, slot } =
+        session;
     let entry = ctx.clients_registry.register(crate::app::NewClient {
         database: database.clone(),
         user,
@@ -178,7 +192,7 @@ pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
     });
     let client = ClientConn::new(stream, buf, session_max(&ctx), client);
     let stops = Stops::new(&ctx, &database);
-    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache, database, stops, entry };
+    let mut run = Running { client, pool, cancel, ctx, routing, metrics, cache, database, stops, entry, _slot: slot };
     let opts = RelayOptions { release_at_idle: mode == PoolMode::Transaction, idle_transaction_timeout };
     let result = run.run(opts).await;
     if let Some(cache) = run.cache.as_mut() {
@@ -195,9 +209,16 @@ fn session_max(ctx: &Shared) -> u32 {
     ctx.config.load().server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32
 }
 
+/// How long a client that gave a wrong password waits for its answer: guessing passwords
+/// gets slow, and a known user fails exactly like an unknown one.
+const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
+
 async fn refuse(stream: &mut TcpStream, e: SessionError) {
     if matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
         return;
+    }
+    if matches!(e, SessionError::Auth(AuthError::Failed(_))) {
+        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
     }
     tracing::debug!(error = %e, "client refused");
     let mut out = bytes::BytesMut::new();
@@ -222,6 +243,8 @@ pub(crate) struct Session {
     database: String,
     /// The user the client logged in as.
     user: String,
+    /// Its place under the per-user and per-database limits.
+    slot: crate::app::ClientSlot,
 }
 
 struct Running {
@@ -236,6 +259,8 @@ struct Running {
     stops: Stops,
     /// This client in SHOW CLIENTS.
     entry: crate::app::ClientHandle,
+    /// Its place under the per-user and per-database limits, given back when it leaves.
+    _slot: crate::app::ClientSlot,
 }
 
 /// What the cache did with the client's next request.

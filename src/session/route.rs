@@ -20,6 +20,7 @@ use crate::router::lag::{Lsn, ReplicaState};
 use crate::router::replica::{CommitMark, ReplicaLoad};
 use crate::router::classify::{Classification, Classifier, StatementClass};
 use crate::router::{request_text, wanted, Wanted};
+use crate::server::Credentials;
 use std::sync::Arc;
 
 /// Messages looked at, at most, when judging one segment; a longer one goes to the primary.
@@ -303,7 +304,7 @@ pub fn classify(
 pub(crate) struct SessionRouting {
     database: String,
     server_user: String,
-    password: Option<String>,
+    credentials: Credentials,
     table: Arc<RoutingTable>,
     replicas: Option<Arc<DatabaseReplicas>>,
     pools: Vec<ServerPool>,
@@ -323,11 +324,11 @@ pub(crate) struct Placement {
 
 impl SessionRouting {
     /// Routing for a client of `database` logging in to the servers as `server_user`.
-    pub fn new(database: String, server_user: String, password: Option<String>, ctx: &Shared) -> Self {
+    pub fn new(database: String, server_user: String, credentials: Credentials, ctx: &Shared) -> Self {
         let mut r = Self {
             database,
             server_user,
-            password,
+            credentials,
             table: ctx.routing.load_full(),
             replicas: None,
             pools: Vec::new(),
@@ -350,7 +351,7 @@ impl SessionRouting {
                 db,
                 status.address(),
                 &self.server_user,
-                self.password.clone(),
+                self.credentials.clone(),
             ));
         }
     }

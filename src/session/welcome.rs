@@ -8,10 +8,51 @@ use super::route::SessionRouting;
 use super::{Session, SessionError, ServerPool};
 use crate::app::Shared;
 use crate::protocol::backend::{self, TransactionStatus};
+use crate::auth::{Secret, UserStore};
+use crate::config::{AuthMethod, Config, DatabaseSection};
+use crate::server::{Credentials, ServerTarget};
 use bytes::BytesMut;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+/// The client's stored secret: from the auth file or `[[auth.users]]`, else from
+/// `auth_query` on the database's primary (not needed for trust).
+async fn stored_secret(
+    ctx: &Shared,
+    config: &Config,
+    database: &str,
+    db: &DatabaseSection,
+    users: &UserStore,
+    user: &str,
+) -> Result<Option<Arc<Secret>>, SessionError> {
+    if let Some(s) = users.get(user) {
+        return Ok(Some(s.clone()));
+    }
+    let Some(query) = config.auth.auth_query.as_deref().filter(|_| users.method != AuthMethod::Trust) else {
+        return Ok(None);
+    };
+    let auth_user = config
+        .auth
+        .auth_user
+        .clone()
+        .or_else(|| db.user.clone())
+        .or_else(|| config.server.admin_users.first().cloned())
+        .unwrap_or_else(|| "postgres".to_owned());
+    let own = users.get(&auth_user);
+    let password = own.and_then(|s| s.plain()).map(str::to_owned).or_else(|| db.password.clone());
+    let target = ServerTarget {
+        addr: db.primary.clone(),
+        user: auth_user,
+        database: db.dbname.clone().unwrap_or_else(|| database.to_owned()),
+        md5: own.and_then(|s| s.md5()).map(str::to_owned).filter(|_| password.is_none()),
+        password,
+        scram: None,
+        max_message_size: 1 << 20,
+        max_prepared_statements: 0,
+    };
+    Ok(ctx.auth_query.secret(&target, query, user).await?)
+}
 
 /// What a login opened.
 pub(super) enum Opened {
@@ -44,7 +85,7 @@ pub(super) async fn login(
     }
     if crate::admin::is_admin_database(&startup.database) {
         let users = ctx.users.load_full();
-        login::authenticate(stream, buf, users.method, &startup.user, users.get(&startup.user)).await?;
+        login::authenticate(stream, buf, users.method, &startup.user, users.get(&startup.user).map(|s| &**s)).await?;
         return Ok(Some(Opened::Admin(startup.user)));
     }
     let config = ctx.config.load_full();
@@ -53,20 +94,33 @@ pub(super) async fn login(
         .get(&startup.database)
         .ok_or_else(|| SessionError::UnknownDatabase(startup.database.clone()))?;
     let users = ctx.users.load_full();
-    let secret = users.get(&startup.user);
-    login::authenticate(stream, buf, users.method, &startup.user, secret).await?;
+    let secret = stored_secret(ctx, &config, &startup.database, db, &users, &startup.user).await?;
+    let keys = login::authenticate(stream, buf, users.method, &startup.user, secret.as_deref()).await?;
     let requested = login::requested_params(&startup)?;
+    let per_database = db.max_client_conn.unwrap_or(config.server.max_client_conn_per_database);
+    let slot = ctx.limits.admit(&startup.database, &startup.user, per_database, config.server.max_client_conn_per_user)?;
 
     let server_user = db.user.clone().unwrap_or_else(|| startup.user.clone());
-    let password = match &db.user {
-        Some(_) => db.password.clone(),
-        None => db.password.clone().or_else(|| secret.and_then(|s| s.plain()).map(str::to_owned)),
+    let credentials = match &db.user {
+        Some(_) => Credentials { password: db.password.clone(), ..Credentials::default() },
+        None => {
+            let password = db.password.clone().or_else(|| secret.as_ref().and_then(|s| s.plain()).map(str::to_owned));
+            match password {
+                Some(p) => Credentials { password: Some(p), ..Credentials::default() },
+                // No password to log in with: the client's own SCRAM keys, or a stored MD5 secret.
+                None => Credentials {
+                    password: None,
+                    scram: keys,
+                    md5: secret.as_ref().and_then(|s| s.md5()).map(str::to_owned),
+                },
+            }
+        }
     };
     let routing = (config.pool.mode == crate::config::PoolMode::Transaction).then(|| {
-        SessionRouting::new(startup.database.clone(), server_user.clone(), password.clone(), ctx)
+        SessionRouting::new(startup.database.clone(), server_user.clone(), credentials.clone(), ctx)
     });
     let metrics = ctx.metrics.session(&startup.database, &server_user);
-    let pool = ctx.pools.get_or_create(&config, &startup.database, db, &server_user, password);
+    let pool = ctx.pools.get_or_create(&config, &startup.database, db, &server_user, credentials);
     let params = session_params(&pool, &requested).await?;
 
     let cache = ctx.cache.as_ref().map(|handle| {
@@ -96,6 +150,7 @@ pub(super) async fn login(
         cache,
         database: startup.database.clone(),
         user: startup.user.clone(),
+        slot,
     })))
 }
 

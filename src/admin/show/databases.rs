@@ -5,9 +5,9 @@
 //! `user`, else NULL), `pool_size`, `min_pool_size`, `server_lifetime` (seconds), `pool_mode`
 //! (the mode in effect), `current_connections` (server connections open in its pools) and
 //! `current_client_connections` (connected clients, as the sessions count them).
+//! `max_client_connections` is the database's client limit (0 = none).
 //! `paused` is 1 while PAUSE or KILL holds the database. 0: `reserve_pool_size`,
-//! `max_connections` and `max_client_connections` (no such limits) and `disabled`; NULL:
-//! `load_balance_hosts`.
+//! `max_connections` (no such limit) and `disabled`; NULL: `load_balance_hosts`.
 
 use super::pools::mode_name;
 use super::{host_port, Show};
@@ -69,7 +69,7 @@ impl Show for Databases {
                     .null()
                     .num(0)
                     .num(servers)
-                    .num(0)
+                    .num(db.max_client_conn.unwrap_or(config.server.max_client_conn_per_database))
                     .num(connected)
                     .num(u8::from(ctx.gates.is_paused(name)))
                     .num(0)
