@@ -133,17 +133,30 @@ fn password_cluster() -> Cluster {
     p.psql("postgres", "set password_encryption = 'scram-sha-256'; create role s login password 'spw'; create database app owner s")
         .unwrap();
     p.psql("postgres", "set password_encryption = 'md5'; create role m login password 'mpw'").unwrap();
-    p.set_hba("host all postgres 127.0.0.1/32 trust\nhost all s 127.0.0.1/32 scram-sha-256\nhost all m 127.0.0.1/32 md5\n")
-        .unwrap();
+    // The lookup login of the README's example: no superuser, only a function that reads pg_shadow.
+    p.psql(
+        "app",
+        "create role sluice_auth login; \
+         create function public.sluice_lookup(u text, out usename name, out passwd text) returns record \
+           language sql security definer as $$ select usename, passwd from pg_catalog.pg_shadow where usename = u $$; \
+         revoke all on function public.sluice_lookup(text) from public; \
+         grant execute on function public.sluice_lookup(text) to sluice_auth",
+    )
+    .unwrap();
+    p.set_hba(
+        "host all postgres 127.0.0.1/32 trust\nhost all sluice_auth 127.0.0.1/32 trust\n\
+         host all s 127.0.0.1/32 scram-sha-256\nhost all m 127.0.0.1/32 md5\n",
+    )
+    .unwrap();
     cluster
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_query_reads_secrets_from_the_server_and_sluice_logs_in_with_them_without_any_stored_password() {
     let cluster = password_cluster();
-    let query = "SELECT usename, passwd FROM pg_shadow WHERE usename = $1";
+    let query = "SELECT usename, passwd FROM public.sluice_lookup($1)";
     for method in ["scram-sha-256", "md5"] {
-        let sections = format!("[auth]\nmethod = \"{method}\"\nauth_query = \"{query}\"\nauth_user = \"postgres\"\n");
+        let sections = format!("[auth]\nmethod = \"{method}\"\nauth_query = \"{query}\"\nauth_user = \"sluice_auth\"\n");
         let proxy = start_proxy_for(cluster.primary.addr(), "app", &sections, "").await;
         // s has a SCRAM secret: sluice logs in to the server with the keys from the client's proof.
         let s = proxy.connect_with("s", "password=spw").await.unwrap_or_else(|e| panic!("{method}: {e}"));
