@@ -58,6 +58,13 @@ pub enum SessionError {
     /// Authentication failed.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// The client must use TLS for what it asked (`client_mode = "require"`, a cleartext
+    /// password).
+    #[error("{0}")]
+    TlsRequired(&'static str),
+    /// The TLS handshake with the client failed.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A bad startup parameter.
     #[error("{0}")]
     Startup(String),
@@ -96,7 +103,8 @@ impl SessionError {
         match self {
             SessionError::Protocol(e) => e.sqlstate(),
             SessionError::Auth(AuthError::Failed(_)) => SqlState::INVALID_PASSWORD,
-            SessionError::Auth(_) => SqlState::INVALID_AUTHORIZATION,
+            SessionError::Auth(_) | SessionError::TlsRequired(_) => SqlState::INVALID_AUTHORIZATION,
+            SessionError::Tls(_) => SqlState::PROTOCOL_VIOLATION,
             SessionError::Startup(_) => SqlState::PROTOCOL_VIOLATION,
             SessionError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
             SessionError::Server(e) => e.sqlstate(),
@@ -151,8 +159,9 @@ async fn read_client(client: &mut ClientConn, stops: &Stops) -> Result<(), Sessi
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, ctx: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = crate::tls::Stream::plain(tcp);
     let login_timeout = ctx.config.load().server.client_login_timeout.0;
     let mut buf = bytes::BytesMut::with_capacity(512);
     let opened = tokio::time::timeout(login_timeout, welcome::login(&mut stream, &mut buf, &ctx)).await;
@@ -193,14 +202,14 @@ fn session_max(ctx: &Shared) -> u32 {
     ctx.config.load().server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32
 }
 
-async fn refuse(stream: &mut TcpStream, e: SessionError) {
+async fn refuse(stream: &mut crate::tls::Stream, e: SessionError) {
     if matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
         return;
     }
     tracing::debug!(error = %e, "client refused");
     let mut out = bytes::BytesMut::new();
     crate::protocol::backend::error_response(&mut out, Severity::Fatal, e.sqlstate(), &e.to_string());
-    let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
+    let _ = stream.send(&out).await;
 }
 
 /// A logged-in client ready to run.

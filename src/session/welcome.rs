@@ -10,8 +10,7 @@ use crate::app::Shared;
 use crate::protocol::backend::{self, TransactionStatus};
 use bytes::BytesMut;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 
 /// What a login opened.
 pub(super) enum Opened {
@@ -23,11 +22,12 @@ pub(super) enum Opened {
 
 /// Runs the login phase; `None` when the connection was a cancel request.
 pub(super) async fn login(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     ctx: &Arc<Shared>,
 ) -> Result<Option<Opened>, SessionError> {
-    let startup = match login::read_opening(stream, buf).await? {
+    let tls = ctx.tls.load_full();
+    let startup = match login::read_opening(stream, buf, &tls.client).await? {
         Opening::Cancel { pid, secret } => {
             ctx.cancels.cancel(pid, secret).await;
             return Ok(None);
@@ -39,7 +39,7 @@ pub(super) async fn login(
         startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
     if startup.minor_version > 0 || !unsupported.is_empty() {
         backend::negotiate_protocol_version(&mut out, &unsupported);
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
         out.clear();
     }
     if crate::admin::is_admin_database(&startup.database) {
@@ -84,7 +84,7 @@ pub(super) async fn login(
     let (pid, secret_key, cancel) = ctx.cancels.register();
     backend::backend_key_data(&mut out, pid, secret_key);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok(Some(Opened::Client(Session {
         client: params,
         pool,
