@@ -353,6 +353,26 @@ async fn sluice_verifies_a_tls_postgres_with_verify_full_and_verify_ca() {
         assert!(server_side_ssl(&c).await, "{mode}: the server connection is on TLS");
         proxy.sluice.shutdown(Duration::ZERO).await;
     }
+    // TLS on both sides at once: large results, a large COPY in, many small round trips.
+    let client = make_pki("client-side CA");
+    let sections = format!("{}server_mode = \"verify-full\"\nserver_ca = {ca:?}\n", client_tls(&client, "require"));
+    let proxy = start_proxy_for(pg.primary.addr(), "postgres", &sections, "").await;
+    let c = connect_tls(proxy.addr, "postgres", &client.ca, "").await.expect("TLS client");
+    assert!(server_side_ssl(&c).await);
+    let rows = c.query("select repeat('x', 100) from generate_series(1, 50000)", &[]).await.unwrap();
+    assert_eq!(rows.len(), 50000);
+    c.simple_query("create table if not exists tls_copy (t text)").await.unwrap();
+    let sink = c.copy_in("copy tls_copy from stdin").await.unwrap();
+    let line = bytes::Bytes::from(format!("{}\n", "y".repeat(1000)));
+    let chunks = futures_util::stream::iter((0..5000).map(|_| Ok::<_, tokio_postgres::Error>(line.clone())));
+    futures_util::pin_mut!(sink);
+    futures_util::SinkExt::send_all(&mut sink, &mut Box::pin(chunks)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 5000);
+    for i in 0..200i32 {
+        let row = c.query_one("select $1::int4", &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), i);
+    }
+    proxy.sluice.shutdown(Duration::ZERO).await;
     // A CA that did not sign the server's certificate fails verification, and the client is told.
     let other = make_pki("another CA");
     for mode in ["verify-full", "verify-ca"] {
