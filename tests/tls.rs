@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use sluice::cluster::{Cluster, ClusterOptions, PgBinaries};
+use sluice::cluster::{Cluster, ClusterOptions, PgBinaries, PgInstance};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -310,21 +310,25 @@ async fn reload_swaps_the_certificate_while_connected_tls_clients_keep_working()
 fn tls_postgres(pki: &Pki) -> Cluster {
     let bins = PgBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
     let cluster = Cluster::start(&bins, &ClusterOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    install_server_cert(&cluster, pki);
-    let p = &cluster.primary;
-    p.psql("postgres", "alter system set ssl_cert_file = 'server.crt'").unwrap();
-    p.psql("postgres", "alter system set ssl_key_file = 'server.key'").unwrap();
-    p.psql("postgres", "alter system set ssl = on").unwrap();
-    p.reload().unwrap();
-    assert_eq!(p.psql("postgres", "show ssl").unwrap().trim(), "on", "{}", p.log_tail(20));
+    enable_ssl(&cluster.primary, pki);
     cluster
 }
 
-/// Copies `pki`'s server certificate and key into the primary's data directory (owned by the
+/// Installs `pki`'s server certificate on `pg` and turns `ssl` on.
+fn enable_ssl(pg: &PgInstance, pki: &Pki) {
+    install_server_cert(pg, pki);
+    pg.psql("postgres", "alter system set ssl_cert_file = 'server.crt'").unwrap();
+    pg.psql("postgres", "alter system set ssl_key_file = 'server.key'").unwrap();
+    pg.psql("postgres", "alter system set ssl = on").unwrap();
+    pg.reload().unwrap();
+    assert_eq!(pg.psql("postgres", "show ssl").unwrap().trim(), "on", "{}", pg.log_tail(20));
+}
+
+/// Copies `pki`'s server certificate and key into `pg`'s data directory (owned by the
 /// server's OS user, the key 0600) and reloads it.
-fn install_server_cert(cluster: &Cluster, pki: &Pki) {
+fn install_server_cert(pg: &PgInstance, pki: &Pki) {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let data = cluster.primary.data_dir();
+    let data = pg.data_dir();
     let owner = std::fs::metadata(data).unwrap();
     for (from, name) in [(&pki.cert, "server.crt"), (&pki.key, "server.key")] {
         let to = data.join(name);
@@ -332,7 +336,7 @@ fn install_server_cert(cluster: &Cluster, pki: &Pki) {
         std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid())).unwrap();
         std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    cluster.primary.reload().unwrap();
+    pg.reload().unwrap();
 }
 
 /// Whether sluice's server connection (the backend running the query) is on TLS.
@@ -384,7 +388,7 @@ async fn sluice_verifies_a_tls_postgres_with_verify_full_and_verify_ca() {
     }
     // verify-full checks the host name, verify-ca does not: a certificate for another name.
     let renamed = pki_for("renamed CA", &["db.internal"]);
-    install_server_cert(&pg, &renamed);
+    install_server_cert(&pg.primary, &renamed);
     let renamed_ca = renamed.ca.display().to_string();
     for (mode, ok) in [("verify-full", false), ("verify-ca", true)] {
         let sections = format!("[tls]\nserver_mode = \"{mode}\"\nserver_ca = {renamed_ca:?}\n");
@@ -409,4 +413,36 @@ async fn server_mode_require_against_plaintext_postgres_fails_the_login_clearly(
     let proxy = start_proxy(&db, "").await;
     let c = proxy.connect().await;
     assert!(!server_side_ssl(&c).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_reach_a_replica_when_both_servers_take_only_tls() {
+    let pki = make_pki("postgres CA");
+    let bins = PgBinaries::locate().unwrap_or_else(|e| panic!("{e}"));
+    let cluster = Cluster::start(&bins, &ClusterOptions { replica: true, ..ClusterOptions::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let replica = cluster.replica.as_ref().expect("a replica");
+    for pg in [&cluster.primary, replica] {
+        enable_ssl(pg, &pki);
+        // Plaintext logins over TCP are refused: the replica monitor must use TLS too.
+        pg.set_hba("hostssl all all 127.0.0.1/32 trust").unwrap();
+    }
+    let sections = format!(
+        "[tls]\nserver_mode = \"verify-full\"\nserver_ca = {:?}\n[routing]\nread_write_split = true\nread_your_writes = \"off\"\n",
+        pki.ca.display().to_string()
+    );
+    let db_extra = format!("replicas = [\"{}\"]", replica.addr());
+    let proxy = start_proxy_for(cluster.primary.addr(), "postgres", &sections, &db_extra).await;
+    let c = proxy.connect().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = c.simple_query("select pg_is_in_recovery()").await.expect("read");
+        let on_replica = rows.iter().any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("t")));
+        if on_replica {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reads never reached the replica (monitor without TLS?)");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.sluice.shutdown(Duration::ZERO).await;
 }

@@ -85,3 +85,18 @@ pub enum TlsError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// TLS for a tokio-postgres connection to a server (the replica monitor's) as `tls.mode`
+/// asks, with the same verification as sluice's own server connections; sets the connection's
+/// `sslmode`. `None` for `disable`.
+pub fn postgres_tls(
+    tls: &ServerTls,
+    config: &mut tokio_postgres::Config,
+) -> Option<tokio_postgres_rustls::MakeRustlsConnect> {
+    let client_config = tls.config()?;
+    config.ssl_mode(match tls.mode {
+        ServerMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        _ => tokio_postgres::config::SslMode::Require,
+    });
+    Some(tokio_postgres_rustls::MakeRustlsConnect::new(client_config.as_ref().clone()))
+}
