@@ -446,3 +446,23 @@ async fn reads_reach_a_replica_when_both_servers_take_only_tls() {
     }
     proxy.sluice.shutdown(Duration::ZERO).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluice_advise_reaches_a_console_that_requires_tls() {
+    let pki = make_pki("sluice test CA");
+    let db = unique_db("tls_advise");
+    let sections = client_tls(&pki, "require");
+    let proxy = start_proxy(&db, &sections).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sluice.toml");
+    let text = config_text(cluster().primary.addr(), &db, &sections, "").replace("127.0.0.1:0", &proxy.addr.to_string());
+    std::fs::write(&file, text).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["advise", "-c"]).arg(&file).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(&format!("{db}: pool_size")), "{all}");
+}

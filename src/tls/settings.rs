@@ -122,6 +122,16 @@ impl std::fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
+    /// `prefer` without a configuration file: TLS when offered, the certificate not checked.
+    ///
+    /// # Errors
+    /// [`TlsError::Config`] if rustls refuses the protocol versions (it does not).
+    pub fn prefer() -> Result<ServerTls, TlsError> {
+        let mut config = Config::default();
+        config.tls.server_mode = "prefer".into();
+        server_tls(&config)
+    }
+
     /// The rustls configuration, unless the mode is `disable`.
     pub fn config(&self) -> Option<&Arc<ClientConfig>> {
         self.config.as_ref()
