@@ -71,7 +71,7 @@ fn client_tls(pki: &Pki, mode: &str) -> String {
 }
 
 /// An error's text with the server's message, which `Display` leaves out.
-fn text(e: &tokio_postgres::Error) -> String {
+fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => format!("{e:?}"),
@@ -168,8 +168,8 @@ async fn client_mode_require_refuses_plaintext_clients_with_28000() {
     let db = unique_db("tls_require");
     let proxy = start_proxy(&db, &client_tls(&pki, "require")).await;
     let e = proxy.connect_with("postgres", "").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "28000", "{}", text(&e));
-    assert!(text(&e).contains("TLS required"), "{}", text(&e));
+    assert_eq!(sqlstate(&e), "28000", "{}", error_text(&e));
+    assert!(error_text(&e).contains("TLS required"), "{}", error_text(&e));
     let (ok, out) = output(psql_tls(proxy.addr, &db, &[("PGSSLMODE", "disable")], "select 1")).await;
     assert!(!ok && out.contains("TLS required"), "{out}");
     // Over TLS the same client gets in.
@@ -235,12 +235,12 @@ async fn cleartext_passwords_are_asked_only_over_tls() {
     );
     let proxy = start_proxy(&db, &sections).await;
     let e = proxy.connect_with("postgres", "password=secret").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "28000", "{}", text(&e));
-    assert!(text(&e).contains("requires TLS"), "{}", text(&e));
+    assert_eq!(sqlstate(&e), "28000", "{}", error_text(&e));
+    assert!(error_text(&e).contains("requires TLS"), "{}", error_text(&e));
     let c = connect_tls(proxy.addr, &db, &pki.ca, "password=secret").await.expect("cleartext over TLS");
     c.simple_query("select 1").await.unwrap();
     let e = connect_tls(proxy.addr, &db, &pki.ca, "password=wrong").await.unwrap_err();
-    assert_eq!(sqlstate(&e), "28P01", "{}", text(&e));
+    assert_eq!(sqlstate(&e), "28P01", "{}", error_text(&e));
     let env = [("PGSSLMODE", "require"), ("PGPASSWORD", "secret")];
     let (ok, out) = output(psql_tls(proxy.addr, &db, &env, "select 1")).await;
     assert!(ok, "{out}");
@@ -298,6 +298,16 @@ async fn reload_swaps_the_certificate_while_connected_tls_clients_keep_working()
     let env = [("PGSSLMODE", "verify-full"), ("PGSSLROOTCERT", ca.as_str())];
     let (ok, out) = output(psql_tls(addr, &db, &env, "select 1")).await;
     assert!(ok, "{out}");
+
+    // SET on the admin console changes the mode for new connections (the console client
+    // itself, connected before, stays).
+    let console = connect_tls(addr, "sluice", &second_ca, "").await.expect("console over TLS");
+    connect_as(addr, &db, "postgres", "").await.expect("plaintext under prefer");
+    console.simple_query("SET tls.client_mode = 'require'").await.expect("SET tls.client_mode");
+    let e = connect_as(addr, &db, "postgres", "").await.unwrap_err();
+    assert_eq!(sqlstate(&e), "28000", "{}", error_text(&e));
+    let e = console.simple_query("SET tls.server_mode = 'verify-full'").await.unwrap_err();
+    assert!(error_text(&e).contains("tls.server_ca"), "{}", error_text(&e));
 
     // A reload with an unreadable key is refused and the running certificate stays.
     std::fs::write(&first.key, "not a key").unwrap();
@@ -383,7 +393,7 @@ async fn sluice_verifies_a_tls_postgres_with_verify_full_and_verify_ca() {
         let sections = format!("[tls]\nserver_mode = \"{mode}\"\nserver_ca = {:?}\n", other.ca.display().to_string());
         let proxy = start_proxy_for(pg.primary.addr(), "postgres", &sections, "").await;
         let e = proxy.connect_with("postgres", "").await.unwrap_err();
-        assert!(text(&e).contains("TLS handshake failed"), "{mode}: {}", text(&e));
+        assert!(error_text(&e).contains("TLS handshake failed"), "{mode}: {}", error_text(&e));
         proxy.sluice.shutdown(Duration::ZERO).await;
     }
     // verify-full checks the host name, verify-ca does not: a certificate for another name.
@@ -396,7 +406,7 @@ async fn sluice_verifies_a_tls_postgres_with_verify_full_and_verify_ca() {
         let r = proxy.connect_with("postgres", "").await;
         match r {
             Ok(c) => assert!(ok && server_side_ssl(&c).await, "{mode} logged in"),
-            Err(e) => assert!(!ok && text(&e).contains("not valid for name"), "{mode}: {}", text(&e)),
+            Err(e) => assert!(!ok && error_text(&e).contains("not valid for name"), "{mode}: {}", error_text(&e)),
         }
         proxy.sluice.shutdown(Duration::ZERO).await;
     }
@@ -407,8 +417,8 @@ async fn server_mode_require_against_plaintext_postgres_fails_the_login_clearly(
     let db = unique_db("tls_server_require");
     let proxy = start_proxy(&db, "[tls]\nserver_mode = \"require\"\n").await;
     let e = proxy.connect_with("postgres", "").await.unwrap_err();
-    assert!(text(&e).contains("does not accept TLS"), "{}", text(&e));
-    assert_eq!(sqlstate(&e), "08006", "{}", text(&e));
+    assert!(error_text(&e).contains("does not accept TLS"), "{}", error_text(&e));
+    assert_eq!(sqlstate(&e), "08006", "{}", error_text(&e));
     // The default, prefer, falls back to plaintext.
     let proxy = start_proxy(&db, "").await;
     let c = proxy.connect().await;
