@@ -88,7 +88,8 @@ impl PoolRegistry {
                     max_message_size: config.server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32,
                     max_prepared_statements: config.pool.max_prepared_statements,
                 };
-                Pool::new(PgConnector::new(target).listed_in(self.servers.clone()).with_tls(self.tls.clone()), settings_for(config, db))
+                let connector = PgConnector::new(target).listed_in(self.servers.clone()).with_tls(self.tls.clone());
+                Pool::new(connector, settings_for(config, db))
             })
             .clone()
     }

@@ -1,7 +1,7 @@
 //! A connection from sluice to a Postgres server: opening it (with TLS as `tls.server_mode`
-//! asks) and logging in (trust, cleartext,
-//! MD5 or SCRAM-SHA-256, whatever the server asks), applying a client's session parameters,
-//! and resetting it to a clean state before it goes back to the pool.
+//! asks) and logging in (trust, cleartext, MD5 or SCRAM-SHA-256, whatever the server asks),
+//! applying a client's session parameters, and resetting it to a clean state before it goes
+//! back to the pool.
 
 mod connector;
 mod login;

@@ -1,6 +1,7 @@
 //! Client login: the startup-phase request, encryption negotiation (TLS as `tls.client_mode`
-//! allows; GSSAPI encryption is declined), cancel requests, choosing the database, authenticating the client, and the welcome
-//! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery).
+//! allows; GSSAPI encryption is declined), cancel requests, choosing the database,
+//! authenticating the client (SCRAM-SHA-256-PLUS over TLS), and the welcome (AuthenticationOk,
+//! ParameterStatus, BackendKeyData, ReadyForQuery).
 
 use super::params::{self, ParamSet};
 use super::SessionError;
