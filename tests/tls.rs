@@ -176,6 +176,20 @@ async fn client_mode_require_refuses_plaintext_clients_with_28000() {
     let c = connect_tls(proxy.addr, &db, &pki.ca, "").await.expect("TLS client is served");
     let row = c.query_one("select 1::int4", &[]).await.unwrap();
     assert_eq!(row.get::<_, i32>(0), 1);
+    // TLS 1.2, the oldest version sluice speaks, is served too.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&std::fs::read(&pki.ca).unwrap()) {
+        roots.add(cert).unwrap();
+    }
+    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn_str = format!("host=127.0.0.1 port={} user=postgres dbname={db} sslmode=require", proxy.addr.port());
+    let (c, conn) = tokio_postgres::connect(&conn_str, tokio_postgres_rustls::MakeRustlsConnect::new(tls12)).await.expect("TLS 1.2");
+    tokio::spawn(conn);
+    c.simple_query("select 1").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
