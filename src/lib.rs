@@ -5,6 +5,7 @@
 //! - [`auth`]: client authentication (trust, cleartext, md5, SCRAM) and sluice's own login to servers;
 //! - [`pool`]: a generic pool of connections that knows nothing about Postgres;
 //! - [`server`]: a connection from sluice to a Postgres server;
+//! - [`tls`]: TLS toward clients and servers: the stream type, certificates, channel binding;
 //! - [`session`]: one client's session: a short relay loop plus a pure transaction state machine;
 //! - [`router`]: read/write routing: where a transaction runs, replica lag and the choice of a replica;
 //! - [`cache`]: the result cache: eligibility, keys, per-table generations and the bounded store;
@@ -28,3 +29,4 @@ pub mod protocol;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod tls;

@@ -56,6 +56,7 @@ fn settings(interval_ms: u64, max_lag_ms: u64, max_lag_bytes: u64) -> MonitorSet
         limits: LagLimits { max_lag: Duration::from_millis(max_lag_ms), max_lag_bytes },
         connect_timeout: Duration::from_secs(5),
         query_timeout: Duration::from_secs(5),
+        tls: None,
     }
 }
 
@@ -82,7 +83,8 @@ impl Monitored {
                     user: "postgres".into(),
                     password: None,
                 };
-                spawn_monitor(target, status.clone(), set.clone(), move || s, shutdown.clone())
+                let s = s.clone();
+                spawn_monitor(target, status.clone(), set.clone(), move || s.clone(), shutdown.clone())
             })
             .collect();
         Monitored { set, shutdown, tasks }

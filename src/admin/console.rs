@@ -11,8 +11,8 @@ use crate::protocol::frame::peek_header;
 use crate::protocol::{read_cstr, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
+use crate::tls::Stream;
 use tokio_util::sync::CancellationToken;
 
 /// Serves the admin console to a client that has authenticated as `user` (nothing has been
@@ -27,19 +27,19 @@ use tokio_util::sync::CancellationToken;
 /// # Errors
 /// [`AdminError`] for why the console closed: the user is not an admin, the client broke the
 /// protocol or went away, or sluice is shutting down.
-pub async fn serve(stream: &mut TcpStream, buf: &mut BytesMut, ctx: Arc<Shared>, user: &str) -> Result<(), AdminError> {
+pub async fn serve(stream: &mut Stream, buf: &mut BytesMut, ctx: Arc<Shared>, user: &str) -> Result<(), AdminError> {
     let result = run(stream, buf, &ctx, user).await;
     if let Err(e) = &result {
         if !matches!(e, AdminError::Io(_) | AdminError::ClientGone) {
             let mut out = BytesMut::new();
             backend::error_response(&mut out, Severity::Fatal, e.sqlstate(), &e.to_string());
-            let _ = stream.write_all(&out).await;
+            let _ = stream.send(&out).await;
         }
     }
     result
 }
 
-async fn run(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Arc<Shared>, user: &str) -> Result<(), AdminError> {
+async fn run(stream: &mut Stream, buf: &mut BytesMut, ctx: &Arc<Shared>, user: &str) -> Result<(), AdminError> {
     let config = ctx.config.load_full();
     if !config.server.admin_users.iter().any(|u| u == user) {
         return Err(AdminError::NotAdmin(user.to_owned()));
@@ -50,7 +50,7 @@ async fn run(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Arc<Shared>, user
     let (pid, secret, _registration) = ctx.cancels.register();
     let mut out = BytesMut::with_capacity(1024);
     welcome(&mut out, pid, secret);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     let mut failed_batch = false;
     loop {
         let (tag, body) = next_message(stream, buf, max, &ctx.shutdown).await?;
@@ -82,7 +82,7 @@ async fn run(stream: &mut TcpStream, buf: &mut BytesMut, ctx: &Arc<Shared>, user
             other => return Err(ProtocolError::Unexpected(other).into()),
         }
         if !out.is_empty() {
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
         }
         if ctx.shutdown.is_cancelled() {
             // This console asked for the shutdown (or raced it): its answer is the last word.
@@ -155,7 +155,7 @@ async fn execute(text: &str, ctx: &Arc<Shared>) -> Result<Reply, AdminError> {
 /// # Cancel safety
 /// Cancel safe: bytes read stay in `buf`.
 async fn next_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     max: u32,
     shutdown: &CancellationToken,

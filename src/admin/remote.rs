@@ -23,11 +23,17 @@ pub async fn advise(config: &Config) -> Result<String, String> {
     if let Some(p) = password {
         pg.password(p);
     }
-    let (client, connection) =
-        pg.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot reach sluice at {addr}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    // With TLS toward clients on, ask for it (sluice may require it); the certificate is not
+    // checked: this is sluice's own configuration speaking to its own listener.
+    let tls = match config.tls.client_mode.as_str() {
+        "disable" => None,
+        _ => Some(crate::tls::ServerTls::prefer().map_err(|e| e.to_string())?),
+    };
+    let client = match tls.as_ref().and_then(|t| crate::tls::postgres_tls(t, &mut pg)) {
+        Some(tls) => open(&pg, tls).await,
+        None => open(&pg, tokio_postgres::NoTls).await,
+    }
+    .map_err(|e| format!("cannot reach sluice at {addr}: {e}"))?;
     let messages = client.simple_query("SHOW ADVICE").await.map_err(|e| format!("SHOW ADVICE: {e}"))?;
     let mut out = String::new();
     for m in messages {
@@ -51,4 +57,17 @@ pub async fn advise(config: &Config) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+/// Connects with `tls`; the connection task ends with the client.
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }

@@ -49,6 +49,9 @@ pub enum AppError {
     /// The metrics endpoint could not be started.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// A certificate, key or CA file could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Reads the configuration again for a reload (set by `main`: the file sluice started from).
@@ -60,6 +63,9 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     /// The users clients log in as.
     pub users: ArcSwap<UserStore>,
+    /// TLS toward clients and servers; a reload swaps it whole (new handshakes use the new
+    /// certificate, connected clients keep theirs).
+    pub tls: Arc<ArcSwap<crate::tls::TlsSettings>>,
     /// The server pools.
     pub pools: PoolRegistry,
     /// Read/write routing: replicas, their monitors, the classifier.
@@ -106,7 +112,9 @@ impl Shared {
     pub fn apply_config(&self, config: Config) -> Result<(), AppError> {
         config.validate()?;
         let users = UserStore::from_config(&config)?;
+        let tls = crate::tls::TlsSettings::from_config(&config)?;
         self.pools.reconfigure(&config);
+        self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(config));
         self.routing.reconfigure(&self.config.load(), &users);
         self.users.store(users);
@@ -168,6 +176,7 @@ impl Sluice {
     pub async fn start(config: Config) -> Result<Sluice, AppError> {
         config.validate()?;
         let users = UserStore::from_config(&config)?;
+        let tls = Arc::new(ArcSwap::from_pointee(crate::tls::TlsSettings::from_config(&config)?));
         let mut listeners = Vec::new();
         for addr in config.listen_addrs() {
             let l = TcpListener::bind(addr).await.map_err(|source| AppError::Bind { addr, source })?;
@@ -183,7 +192,8 @@ impl Sluice {
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             users: ArcSwap::new(users),
-            pools: PoolRegistry::default(),
+            pools: PoolRegistry::new(tls.clone()),
+            tls,
             routing,
             cancels: Arc::new(CancelRegistry::default()),
             statements: Arc::default(),

@@ -40,9 +40,16 @@ pub struct PoolRegistry {
     pools: DashMap<PoolKey, Pool<PgConnector>>,
     /// Every open server connection of every pool (SHOW SERVERS).
     pub servers: std::sync::Arc<crate::server::registry::ServerRegistry>,
+    /// The live TLS settings server connections are opened with.
+    tls: std::sync::Arc<arc_swap::ArcSwap<crate::tls::TlsSettings>>,
 }
 
 impl PoolRegistry {
+    /// An empty registry whose pools open server connections with the live `tls` settings.
+    pub fn new(tls: std::sync::Arc<arc_swap::ArcSwap<crate::tls::TlsSettings>>) -> Self {
+        PoolRegistry { tls, ..Default::default() }
+    }
+
     /// The pool for a database and server login on the database's primary, created on first use.
     pub fn get_or_create(
         &self,
@@ -83,7 +90,8 @@ impl PoolRegistry {
                     max_message_size: config.server.max_message_size.0.min(u32::MAX as u64 >> 1) as u32,
                     max_prepared_statements: config.pool.max_prepared_statements,
                 };
-                Pool::new(PgConnector::new(target).listed_in(self.servers.clone()), settings_for(config, db))
+                let connector = PgConnector::new(target).listed_in(self.servers.clone()).with_tls(self.tls.clone());
+                Pool::new(connector, settings_for(config, db))
             })
             .clone()
     }

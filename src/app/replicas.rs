@@ -83,7 +83,16 @@ impl ReplicaRegistry {
 }
 
 fn monitor_settings(config: &Config) -> MonitorSettings {
-    MonitorSettings::from_config(&config.routing, config.pool.server_connect_timeout.0)
+    let mut settings = MonitorSettings::from_config(&config.routing, config.pool.server_connect_timeout.0);
+    // Validation already loaded these files; should they have gone since, monitors go plaintext.
+    settings.tls = match crate::tls::TlsSettings::from_config(config) {
+        Ok(tls) => Some(tls.server),
+        Err(e) => {
+            tracing::warn!(error = %e, "replica monitors connect without TLS");
+            None
+        }
+    };
+    settings
 }
 
 fn build(

@@ -47,12 +47,18 @@ impl AuthQuery {
     }
 
     /// The stored secret of `user`, from `query` (with the user name as `$1`) run on `target`
-    /// (the database's primary, logged in as `auth_user`); `None` when the query returns no
-    /// row or a NULL secret.
+    /// (the database's primary, logged in as `auth_user`, with the live `tls` settings); `None`
+    /// when the query returns no row or a NULL secret.
     ///
     /// # Errors
     /// [`ServerError`] when the server cannot be reached or refuses the query.
-    pub async fn secret(&self, target: &ServerTarget, query: &str, user: &str) -> Result<Option<Arc<Secret>>, ServerError> {
+    pub async fn secret(
+        &self,
+        target: &ServerTarget,
+        tls: &Arc<arc_swap::ArcSwap<crate::tls::TlsSettings>>,
+        query: &str,
+        user: &str,
+    ) -> Result<Option<Arc<Secret>>, ServerError> {
         let key = LookupKey { server: target.addr.clone(), dbname: target.database.clone(), user: user.to_owned() };
         if let Some(known) = self.cache.get(&key) {
             return Ok(known);
@@ -62,7 +68,7 @@ impl AuthQuery {
         if let Some(known) = self.cache.get(&key) {
             return Ok(known);
         }
-        let mut conn = PgConnector::new(target.clone()).connect().await?;
+        let mut conn = PgConnector::new(target.clone()).with_tls(tls.clone()).connect().await?;
         let row = conn.run_internal_row(query, &[user]).await?;
         let secret = row.and_then(|columns| columns.into_iter().last().flatten()).map(|text| Arc::new(Secret::parse(&text)));
         self.cache.insert(key, secret.clone());

@@ -1,5 +1,7 @@
-//! The server half of SCRAM-SHA-256 (RFC 5802/7677 as Postgres uses it): stored keys, the
-//! server-first message, proof verification and the server signature.
+//! The server half of SCRAM-SHA-256 and SCRAM-SHA-256-PLUS (RFC 5802/7677 as Postgres uses
+//! them): stored keys, the mechanism and channel binding choice, the server-first message, proof
+//! verification and the server signature. The only channel binding type is
+//! `tls-server-end-point` (RFC 5929), whose data the caller supplies.
 
 use super::{constant_time_eq, AuthError};
 use base64::engine::general_purpose::STANDARD as B64;
@@ -9,6 +11,13 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// The SASL mechanism without channel binding.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism with channel binding.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The channel binding type sluice supports.
+const END_POINT: &str = "tls-server-end-point";
 
 /// SCRAM keys as Postgres stores them: `SCRAM-SHA-256$iter:salt$StoredKey:ServerKey`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,26 +108,52 @@ impl std::fmt::Debug for ClientKeys {
 pub struct ScramServer {
     secret: ScramSecret,
     user: String,
-    gs2_header: String,
+    /// What the client's `c=` attribute must encode: the GS2 header, then the binding data.
+    cbind_input: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
 }
 
 impl ScramServer {
-    /// Reads the client-first-message and produces the server-first-message.
+    /// Reads the client's mechanism and client-first-message and produces the
+    /// server-first-message. `binding` is the `tls-server-end-point` data of the connection
+    /// when it is on TLS (SCRAM-SHA-256-PLUS was offered), `None` otherwise.
     ///
     /// # Errors
-    /// [`AuthError::Malformed`] for a message that is not a client-first-message, or that asks
-    /// for channel binding (not offered without TLS).
-    pub fn start(user: &str, secret: ScramSecret, client_first: &[u8]) -> Result<(ScramServer, String), AuthError> {
+    /// [`AuthError::Malformed`] for an unknown mechanism, a message that is not a
+    /// client-first-message, or a channel binding choice that does not fit the mechanism and
+    /// the connection (including a client that says it could bind while sluice offered it:
+    /// a downgrade).
+    pub fn start(
+        user: &str,
+        secret: ScramSecret,
+        mechanism: &str,
+        client_first: &[u8],
+        binding: Option<&[u8]>,
+    ) -> Result<(ScramServer, String), AuthError> {
+        let plus = match mechanism {
+            SCRAM_SHA_256 => false,
+            SCRAM_SHA_256_PLUS => true,
+            _ => return Err(AuthError::Malformed("unsupported SASL mechanism")),
+        };
         let text = std::str::from_utf8(client_first).map_err(|_| AuthError::Malformed("not UTF-8"))?;
         let (cbind, rest) = text.split_once(',').ok_or(AuthError::Malformed("no GS2 header"))?;
         let (authzid, bare) = rest.split_once(',').ok_or(AuthError::Malformed("no GS2 header"))?;
-        match cbind {
-            "n" | "y" => {}
-            _ => return Err(AuthError::Malformed("channel binding is not supported on this connection")),
-        }
+        let bound = match (cbind, plus, binding) {
+            ("n", false, _) => None,
+            ("y", false, None) => None,
+            ("y", false, Some(_)) => {
+                return Err(AuthError::Malformed("client supports channel binding but did not use it"))
+            }
+            (p, true, Some(data)) if p.strip_prefix("p=") == Some(END_POINT) => Some(data),
+            (p, true, Some(_)) if p.starts_with("p=") => {
+                return Err(AuthError::Malformed("unsupported channel binding type"))
+            }
+            (_, true, None) => return Err(AuthError::Malformed("channel binding is not available on this connection")),
+            (_, true, Some(_)) => return Err(AuthError::Malformed("SCRAM-SHA-256-PLUS without channel binding")),
+            (_, false, _) => return Err(AuthError::Malformed("channel binding without SCRAM-SHA-256-PLUS")),
+        };
         if !authzid.is_empty() {
             return Err(AuthError::Malformed("authorization identity is not supported"));
         }
@@ -131,12 +166,13 @@ impl ScramServer {
         rand::thread_rng().fill_bytes(&mut raw);
         let nonce = format!("{client_nonce}{}", B64.encode(raw));
         let server_first = format!("r={nonce},s={},i={}", B64.encode(&secret.salt), secret.iterations);
-        let gs2_header = format!("{cbind},{authzid},");
+        let mut cbind_input = format!("{cbind},{authzid},").into_bytes();
+        cbind_input.extend_from_slice(bound.unwrap_or_default());
         Ok((
             ScramServer {
                 secret,
                 user: user.to_owned(),
-                gs2_header,
+                cbind_input,
                 client_first_bare: bare.to_owned(),
                 server_first: server_first.clone(),
                 nonce,
@@ -170,7 +206,7 @@ impl ScramServer {
             }
         }
         let channel = channel.ok_or(AuthError::Malformed("no channel binding attribute"))?;
-        if channel != B64.encode(self.gs2_header.as_bytes()) {
+        if !constant_time_eq(channel.as_bytes(), B64.encode(&self.cbind_input).as_bytes()) {
             return Err(AuthError::Malformed("channel binding does not match"));
         }
         if nonce != Some(self.nonce.as_str()) {
@@ -271,9 +307,19 @@ mod tests {
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
     fn exchange(stored_password: &str, client_password: &str) -> Result<(), AuthError> {
+        bound_exchange(stored_password, client_password, ChannelBinding::unsupported(), SCRAM_SHA_256, None)
+    }
+
+    fn bound_exchange(
+        stored_password: &str,
+        client_password: &str,
+        cbind: ChannelBinding,
+        mechanism: &str,
+        binding: Option<&[u8]>,
+    ) -> Result<(), AuthError> {
         let secret = ScramSecret::derive(stored_password);
-        let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
-        let (server, first) = ScramServer::start("app", secret, client.message())?;
+        let mut client = ScramSha256::new(client_password.as_bytes(), cbind);
+        let (server, first) = ScramServer::start("app", secret, mechanism, client.message(), binding)?;
         client.update(first.as_bytes()).map_err(|_| AuthError::Malformed("client rejected server-first"))?;
         let fin = server.finish(client.message())?;
         client.finish(fin.as_bytes()).map_err(|_| AuthError::Malformed("client rejected server signature"))
@@ -303,19 +349,19 @@ mod tests {
         let stored = ScramSecret::derive("pencil");
         // A real client logs in to sluice; sluice recovers its keys.
         let mut client = ScramSha256::new(b"pencil", ChannelBinding::unsupported());
-        let (server, first) = ScramServer::start("u", stored.clone(), client.message()).unwrap();
+        let (server, first) = ScramServer::start("u", stored.clone(), "SCRAM-SHA-256", client.message(), None).unwrap();
         client.update(first.as_bytes()).unwrap();
         let (fin, keys) = server.finish_keys(client.message()).unwrap();
         client.finish(fin.as_bytes()).unwrap();
         // sluice logs in with them to a server that stores the same secret.
         let (mut sluice, first) = ScramClient::start(keys.clone());
-        let (upstream, server_first) = ScramServer::start("u", stored.clone(), first.as_bytes()).unwrap();
+        let (upstream, server_first) = ScramServer::start("u", stored.clone(), "SCRAM-SHA-256", first.as_bytes(), None).unwrap();
         let client_final = sluice.update(server_first.as_bytes()).unwrap();
         let server_final = upstream.finish(client_final.as_bytes()).unwrap();
         sluice.finish(server_final.as_bytes()).unwrap();
         // Not to one that stores another secret for the same password.
         let (mut sluice, first) = ScramClient::start(keys);
-        let (_, server_first) = ScramServer::start("u", ScramSecret::derive("pencil"), first.as_bytes()).unwrap();
+        let (_, server_first) = ScramServer::start("u", ScramSecret::derive("pencil"), "SCRAM-SHA-256", first.as_bytes(), None).unwrap();
         assert!(matches!(sluice.update(server_first.as_bytes()), Err(AuthError::Unusable(..))));
     }
 
@@ -335,7 +381,39 @@ mod tests {
     #[test]
     fn garbage_client_messages_are_malformed_not_panics() {
         for m in [&b""[..], b"n", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"\xff\xfe"] {
-            assert!(ScramServer::start("u", ScramSecret::decoy(), m).is_err());
+            assert!(ScramServer::start("u", ScramSecret::decoy(), SCRAM_SHA_256, m, None).is_err());
+            let valid_plus = m.starts_with(b"p=");
+            assert_eq!(ScramServer::start("u", ScramSecret::decoy(), SCRAM_SHA_256_PLUS, m, Some(b"x")).is_ok(), valid_plus);
         }
+        assert!(ScramServer::start("u", ScramSecret::decoy(), "PLAIN", b"n,,n=,r=abc", None).is_err());
+    }
+
+    #[test]
+    fn plus_binds_to_the_certificate_hash() {
+        let hash = [7u8; 32];
+        let cb = || ChannelBinding::tls_server_end_point(hash.to_vec());
+        bound_exchange("secret", "secret", cb(), SCRAM_SHA_256_PLUS, Some(&hash)).unwrap();
+        // Another certificate's hash (a man in the middle) fails.
+        let e = bound_exchange("secret", "secret", cb(), SCRAM_SHA_256_PLUS, Some(&[8u8; 32])).unwrap_err();
+        assert!(matches!(e, AuthError::Malformed(_)), "{e}");
+        // A wrong password still fails the proof.
+        let e = bound_exchange("secret", "wrong", cb(), SCRAM_SHA_256_PLUS, Some(&hash)).unwrap_err();
+        assert!(matches!(e, AuthError::Failed(_)), "{e}");
+    }
+
+    #[test]
+    fn binding_choices_must_fit_mechanism_and_connection() {
+        let hash = [7u8; 32];
+        // PLUS without TLS, or with binding data under the plain mechanism.
+        let cb = || ChannelBinding::tls_server_end_point(hash.to_vec());
+        assert!(bound_exchange("s", "s", cb(), SCRAM_SHA_256_PLUS, None).is_err());
+        assert!(bound_exchange("s", "s", cb(), SCRAM_SHA_256, Some(&hash)).is_err());
+        // "y" (could bind, server did not offer) is fine without TLS and a downgrade on TLS.
+        let secret = ScramSecret::derive("s");
+        assert!(ScramServer::start("u", secret.clone(), SCRAM_SHA_256, b"y,,n=,r=abc", None).is_ok());
+        assert!(ScramServer::start("u", secret.clone(), SCRAM_SHA_256, b"y,,n=,r=abc", Some(&hash)).is_err());
+        // Plain SCRAM on a TLS connection is still allowed.
+        bound_exchange("s", "s", ChannelBinding::unsupported(), SCRAM_SHA_256, Some(&hash)).unwrap();
+        assert!(ScramServer::start("u", secret, SCRAM_SHA_256_PLUS, b"p=tls-unique,,n=,r=abc", Some(&hash)).is_err());
     }
 }

@@ -159,7 +159,7 @@ impl Default for TlsSection {
             client_mode: "disable".into(),
             cert: None,
             key: None,
-            server_mode: "disable".into(),
+            server_mode: "prefer".into(),
             server_ca: None,
         }
     }
@@ -421,7 +421,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        let mut config = Self::from_toml(&text)?;
+        let mut config: Config = toml::from_str(&text)?;
         config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
         config.validate()?;
         Ok(config)
@@ -478,6 +478,11 @@ impl Config {
         if self.tls.client_mode != "disable" && (self.tls.cert.is_none() || self.tls.key.is_none()) {
             return Err(invalid("tls.cert", "tls.client_mode needs tls.cert and tls.key"));
         }
+        if matches!(self.tls.server_mode.as_str(), "verify-ca" | "verify-full") && self.tls.server_ca.is_none() {
+            return Err(invalid("tls.server_ca", format!("tls.server_mode = {:?} needs tls.server_ca", self.tls.server_mode)));
+        }
+        // The files must load, so that check-config and RELOAD catch a bad certificate.
+        crate::tls::TlsSettings::from_config(self).map_err(|e| invalid("tls", e.to_string()))?;
         if let Some(f) = &self.auth.auth_file {
             let path = self.resolve(f);
             crate::auth::userlist::parse_file(&path).map_err(|e| invalid("auth.auth_file", e.to_string()))?;

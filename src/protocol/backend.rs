@@ -137,10 +137,14 @@ pub fn auth_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     });
 }
 
-/// AuthenticationSASL offering SCRAM-SHA-256.
-pub fn auth_sasl(buf: &mut BytesMut) {
+/// AuthenticationSASL offering SCRAM-SHA-256, and first SCRAM-SHA-256-PLUS when `with_plus`
+/// (a TLS connection whose certificate has channel binding data).
+pub fn auth_sasl(buf: &mut BytesMut, with_plus: bool) {
     put_message(buf, b'R', |b| {
         b.put_u32(10);
+        if with_plus {
+            put_cstr(b, "SCRAM-SHA-256-PLUS");
+        }
         put_cstr(b, "SCRAM-SHA-256");
         b.put_u8(0);
     });

@@ -58,6 +58,8 @@ pub struct PgConnector {
     normalized: DashMap<Vec<(String, String)>, ParamSet>,
     /// Where its connections are listed (SHOW SERVERS).
     registry: Option<Arc<super::registry::ServerRegistry>>,
+    /// The live TLS settings (none: plaintext).
+    tls: Option<Arc<arc_swap::ArcSwap<crate::tls::TlsSettings>>>,
 }
 
 /// Distinct startup-setting combinations remembered per connector.
@@ -66,7 +68,13 @@ const MAX_NORMALIZED: usize = 1024;
 impl PgConnector {
     /// A connector for `target`.
     pub fn new(target: ServerTarget) -> Self {
-        Self { target, welcome: ArcSwapOption::empty(), normalized: DashMap::new(), registry: None }
+        Self { target, welcome: ArcSwapOption::empty(), normalized: DashMap::new(), registry: None, tls: None }
+    }
+
+    /// Opens its connections with the TLS settings in `tls` as they are at each connect.
+    pub fn with_tls(mut self, tls: Arc<arc_swap::ArcSwap<crate::tls::TlsSettings>>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Lists the connections it opens in `registry`.
@@ -103,7 +111,8 @@ impl crate::pool::Connect for PgConnector {
     type Error = ServerError;
 
     async fn connect(&self) -> Result<ServerConnection, ServerError> {
-        let (mut conn, welcome) = login::connect(&self.target).await?;
+        let tls = self.tls.as_ref().map(|t| t.load_full());
+        let (mut conn, welcome) = login::connect(&self.target, tls.as_ref().map(|t| &t.server)).await?;
         self.welcome.store(Some(Arc::new(welcome)));
         if let Some(registry) = &self.registry {
             let local = conn.stream.local_addr().ok();

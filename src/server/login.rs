@@ -24,9 +24,16 @@ async fn open(addr: &str) -> Result<TcpStream, ServerError> {
     Ok(stream)
 }
 
-/// Connects and logs in.
-pub(super) async fn connect(target: &ServerTarget) -> Result<(ServerConnection, Welcome), ServerError> {
-    let stream = open(&target.addr).await?;
+/// Connects, negotiates TLS as `tls` asks (plaintext without it) and logs in.
+pub(super) async fn connect(
+    target: &ServerTarget,
+    tls: Option<&crate::tls::ServerTls>,
+) -> Result<(ServerConnection, Welcome), ServerError> {
+    let tcp = open(&target.addr).await?;
+    let stream = match tls {
+        Some(tls) => crate::tls::connect(tcp, tls, &target.addr).await?,
+        None => crate::tls::Stream::plain(tcp),
+    };
     let addr = stream.peer_addr()?;
     let mut conn = ServerConnection {
         stream,

@@ -1,6 +1,7 @@
-//! A connection from sluice to a Postgres server: opening it and logging in (trust, cleartext,
-//! MD5 or SCRAM-SHA-256, whatever the server asks), applying a client's session parameters,
-//! and resetting it to a clean state before it goes back to the pool.
+//! A connection from sluice to a Postgres server: opening it (with TLS as `tls.server_mode`
+//! asks) and logging in (trust, cleartext, MD5 or SCRAM-SHA-256, whatever the server asks),
+//! applying a client's session parameters, and resetting it to a clean state before it goes
+//! back to the pool.
 
 mod connector;
 mod login;
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// The server sent bytes that are not the protocol.
     #[error("server protocol error: {0}")]
     Protocol(#[from] ProtocolError),
+    /// TLS toward the server could not be had as `tls.server_mode` asks.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ServerError {
@@ -81,7 +85,7 @@ pub struct BackendKey {
 
 /// One logged-in connection to a Postgres server.
 pub struct ServerConnection {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: crate::tls::Stream,
     /// Bytes read from the server and not yet forwarded.
     pub(crate) buf: BytesMut,
     /// Framing state of the server-to-client direction.
@@ -261,7 +265,7 @@ impl ServerConnection {
     }
 
     pub(crate) async fn write(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
-        self.stream.write_all(bytes).await.map_err(|e| {
+        self.stream.send(bytes).await.map_err(|e| {
             self.broken = true;
             ServerError::Io(e)
         })
@@ -325,14 +329,16 @@ impl crate::pool::Poolable for ServerConnection {
         if self.broken || !self.buf.is_empty() {
             return false;
         }
+        // On TLS too, any bytes at all from an idle server (an error, close_notify) end it.
+        let Some(tcp) = self.stream.tcp() else { return false };
         // The reactor marks the socket readable when bytes or EOF arrive; while it has not, the
         // connection is quiet and no system call is needed to know it.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.stream.poll_read_ready(&mut cx).is_pending() {
+        if tcp.poll_read_ready(&mut cx).is_pending() {
             return true;
         }
         let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     async fn reset(&mut self) -> bool {
@@ -350,7 +356,7 @@ impl Drop for ServerConnection {
     fn drop(&mut self) {
         if !self.broken && !self.mid_client_message {
             // Best effort, without waiting: tell the server we are leaving.
-            let _ = self.stream.try_write(&[b'X', 0, 0, 0, 4]);
+            self.stream.try_send_last(&[b'X', 0, 0, 0, 4]);
         }
     }
 }

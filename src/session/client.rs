@@ -8,15 +8,14 @@ use super::setting::SettingTracker;
 use crate::protocol::backend::{self, Severity, SqlState, TransactionStatus};
 use crate::protocol::frame::Scanner;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 
 /// Buffer capacity a client starts with and returns to when idle.
 pub const CLIENT_BUF: usize = 4096;
 
 /// One client connection after login.
 pub struct ClientConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// Bytes read from the client; the first `fwd` of them are scanned and due to the server.
     pub(crate) buf: BytesMut,
     pub(crate) fwd: usize,
@@ -46,7 +45,7 @@ pub struct ClientConn {
 
 impl ClientConn {
     /// Wraps a socket that has finished login; `leftover` holds bytes read past the login.
-    pub fn new(stream: TcpStream, leftover: BytesMut, max_message_size: u32, params: ParamSet) -> Self {
+    pub fn new(stream: Stream, leftover: BytesMut, max_message_size: u32, params: ParamSet) -> Self {
         let mut buf = BytesMut::with_capacity(CLIENT_BUF.max(leftover.len()));
         buf.extend_from_slice(&leftover);
         Self {
@@ -67,12 +66,12 @@ impl ClientConn {
         }
     }
 
-    /// Writes sluice's own bytes to the client.
+    /// Writes sluice's own bytes to the client and flushes them.
     ///
     /// # Errors
     /// The IO error.
     pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.stream.send(bytes).await
     }
 
     /// Sends an ErrorResponse, followed by ReadyForQuery when the severity is ERROR.

@@ -1,6 +1,7 @@
-//! Client login: the startup-phase request, encryption negotiation (declined until TLS
-//! lands), cancel requests, choosing the database, authenticating the client, and the welcome
-//! (AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery).
+//! Client login: the startup-phase request, encryption negotiation (TLS as `tls.client_mode`
+//! allows; GSSAPI encryption is declined), cancel requests, choosing the database,
+//! authenticating the client (SCRAM-SHA-256-PLUS over TLS), and the welcome (AuthenticationOk,
+//! ParameterStatus, BackendKeyData, ReadyForQuery).
 
 use super::params::{self, ParamSet};
 use super::SessionError;
@@ -13,8 +14,8 @@ use crate::protocol::startup::{self, StartupParams, StartupRequest};
 use crate::protocol::ProtocolError;
 use bytes::{Buf, BytesMut};
 use rand::RngCore;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::tls::{ClientMode, ClientTls, Stream};
+use tokio::io::AsyncReadExt;
 
 /// What the client asked for in the startup phase.
 pub enum Opening {
@@ -29,11 +30,14 @@ pub enum Opening {
     },
 }
 
-/// Reads startup-phase requests until a StartupMessage or CancelRequest, declining encryption.
+/// Reads startup-phase requests until a StartupMessage or CancelRequest. SSLRequest is
+/// answered 'S' and the TLS handshake run when `tls` has an acceptor, 'N' otherwise;
+/// GSSENCRequest is always answered 'N'.
 ///
 /// # Errors
-/// [`SessionError`] for bad input or a closed socket.
-pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<Opening, SessionError> {
+/// [`SessionError`] for bad input, a failed handshake, a plaintext StartupMessage under
+/// `client_mode = "require"`, or a closed socket.
+pub async fn read_opening(stream: &mut Stream, buf: &mut BytesMut, tls: &ClientTls) -> Result<Opening, SessionError> {
     loop {
         let Some((req, used)) = startup::decode(buf)? else {
             if stream.read_buf(buf).await? == 0 {
@@ -45,19 +49,32 @@ pub async fn read_opening(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<
         match req {
             StartupRequest::Ssl | StartupRequest::GssEnc => {
                 if !buf.is_empty() {
-                    // Bytes sent before our answer can never be trusted as part of a handshake.
+                    // Bytes sent before our answer can never be trusted as part of a handshake,
+                    // nor taken as protected data after it.
                     return Err(ProtocolError::Malformed { what: "data after encryption request" }.into());
                 }
-                stream.write_all(b"N").await?;
+                if stream.is_tls() {
+                    return Err(ProtocolError::Malformed { what: "encryption request on an encrypted connection" }.into());
+                }
+                match tls.acceptor() {
+                    Some(acceptor) if matches!(req, StartupRequest::Ssl) => {
+                        stream.send(b"S").await?;
+                        stream.accept(acceptor, tls.end_point().cloned()).await?;
+                    }
+                    _ => stream.send(b"N").await?,
+                }
             }
             StartupRequest::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
+            StartupRequest::Startup(_) if tls.mode == ClientMode::Require && !stream.is_tls() => {
+                return Err(SessionError::TlsRequired("TLS required"));
+            }
             StartupRequest::Startup(p) => return Ok(Opening::Session(p)),
         }
     }
 }
 
 /// Reads one tagged message during login (bounded by the startup size limit).
-async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(u8, bytes::Bytes), SessionError> {
+async fn read_message(stream: &mut Stream, buf: &mut BytesMut) -> Result<(u8, bytes::Bytes), SessionError> {
     loop {
         if let Some(h) = peek_header(buf, startup::MAX_STARTUP_LEN)? {
             if buf.len() >= h.total() {
@@ -72,7 +89,7 @@ async fn read_message(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(u8,
     }
 }
 
-async fn expect_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<bytes::Bytes, SessionError> {
+async fn expect_password(stream: &mut Stream, buf: &mut BytesMut) -> Result<bytes::Bytes, SessionError> {
     match read_message(stream, buf).await? {
         (b'p', body) => Ok(body),
         (tag, _) => Err(ProtocolError::Unexpected(tag).into()),
@@ -86,7 +103,7 @@ async fn expect_password(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<b
 /// # Errors
 /// [`SessionError::Auth`] when the password is wrong or the user unknown.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     method: AuthMethod,
     user: &str,
@@ -96,9 +113,12 @@ pub async fn authenticate(
     let mut out = BytesMut::new();
     match method {
         AuthMethod::Trust => return Ok(None),
+        AuthMethod::Password if !stream.is_tls() => {
+            return Err(SessionError::TlsRequired("cleartext password authentication requires TLS"));
+        }
         AuthMethod::Password => {
             backend::auth_cleartext(&mut out);
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
             let body = expect_password(stream, buf).await?;
             let answer = frontend::parse_password(&body)?;
             auth::check_cleartext(user, secret.ok_or_else(failed)?, answer)?;
@@ -107,7 +127,7 @@ pub async fn authenticate(
             let mut salt = [0u8; 4];
             rand::thread_rng().fill_bytes(&mut salt);
             backend::auth_md5(&mut out, salt);
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
             let body = expect_password(stream, buf).await?;
             let answer = frontend::parse_password(&body)?;
             auth::check_md5(user, secret.ok_or_else(failed)?, salt, answer)?;
@@ -122,17 +142,16 @@ pub async fn authenticate(
                 tracing::debug!(user, "the user's stored secret cannot be used with SCRAM");
             }
             let keys = usable.cloned().unwrap_or_else(auth::scram::ScramSecret::decoy);
-            backend::auth_sasl(&mut out);
-            stream.write_all(&out).await?;
+            // On TLS, SCRAM-SHA-256-PLUS binds the login to this connection's certificate.
+            let binding = stream.end_point();
+            backend::auth_sasl(&mut out, binding.is_some());
+            stream.send(&out).await?;
             let body = expect_password(stream, buf).await?;
             let initial = frontend::parse_sasl_initial(&body)?;
-            if initial.mechanism != "SCRAM-SHA-256" {
-                return Err(AuthError::Malformed("unsupported SASL mechanism").into());
-            }
-            let (server, first) = ScramServer::start(user, keys, initial.data)?;
+            let (server, first) = ScramServer::start(user, keys, initial.mechanism, initial.data, binding.as_deref())?;
             out.clear();
             backend::auth_sasl_continue(&mut out, first.as_bytes());
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
             let body = expect_password(stream, buf).await?;
             let (fin, keys) = server.finish_keys(&body)?;
             if usable.is_none() {
@@ -140,7 +159,7 @@ pub async fn authenticate(
             }
             out.clear();
             backend::auth_sasl_final(&mut out, fin.as_bytes());
-            stream.write_all(&out).await?;
+            stream.send(&out).await?;
             return Ok(matches!(secret, Some(Secret::Scram(_))).then_some(keys));
         }
     }

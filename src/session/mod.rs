@@ -60,6 +60,13 @@ pub enum SessionError {
     /// Authentication failed.
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// The client must use TLS for what it asked (`client_mode = "require"`, a cleartext
+    /// password).
+    #[error("{0}")]
+    TlsRequired(&'static str),
+    /// The TLS handshake with the client failed.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A bad startup parameter.
     #[error("{0}")]
     Startup(String),
@@ -101,7 +108,8 @@ impl SessionError {
         match self {
             SessionError::Protocol(e) => e.sqlstate(),
             SessionError::Auth(AuthError::Failed(_)) => SqlState::INVALID_PASSWORD,
-            SessionError::Auth(_) => SqlState::INVALID_AUTHORIZATION,
+            SessionError::Auth(_) | SessionError::TlsRequired(_) => SqlState::INVALID_AUTHORIZATION,
+            SessionError::Tls(_) => SqlState::PROTOCOL_VIOLATION,
             SessionError::Startup(_) => SqlState::PROTOCOL_VIOLATION,
             SessionError::UnknownDatabase(_) => SqlState::INVALID_CATALOG_NAME,
             SessionError::Server(e) => e.sqlstate(),
@@ -156,8 +164,9 @@ async fn read_client(client: &mut ClientConn, stops: &Stops) -> Result<(), Sessi
 }
 
 /// Serves one accepted client connection to the end.
-pub async fn serve(mut stream: TcpStream, ctx: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(tcp: TcpStream, ctx: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = crate::tls::Stream::plain(tcp);
     let (login_timeout, max_pending) = {
         let config = ctx.config.load();
         (config.server.client_login_timeout.0, config.server.max_pending_logins)
@@ -213,7 +222,7 @@ fn session_max(ctx: &Shared) -> u32 {
 /// gets slow, and a known user fails exactly like an unknown one.
 const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
 
-async fn refuse(stream: &mut TcpStream, e: SessionError) {
+async fn refuse(stream: &mut crate::tls::Stream, e: SessionError) {
     if matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
         return;
     }
@@ -223,7 +232,7 @@ async fn refuse(stream: &mut TcpStream, e: SessionError) {
     tracing::debug!(error = %e, "client refused");
     let mut out = bytes::BytesMut::new();
     crate::protocol::backend::error_response(&mut out, Severity::Fatal, e.sqlstate(), &e.to_string());
-    let _ = tokio::io::AsyncWriteExt::write_all(stream, &out).await;
+    let _ = stream.send(&out).await;
 }
 
 /// A logged-in client ready to run.

@@ -582,6 +582,16 @@ fn poll_send<W: AsyncWrite + Unpin>(w: &mut W, cx: &mut Context<'_>, bytes: &[u8
     }
 }
 
+/// Whether everything written has left the stream's own buffers (at once for plaintext);
+/// `None` when the peer is gone.
+fn poll_flushed<W: AsyncWrite + Unpin>(w: &mut W, cx: &mut Context<'_>) -> Option<bool> {
+    match Pin::new(w).poll_flush(cx) {
+        Poll::Ready(Ok(())) => Some(true),
+        Poll::Ready(Err(_)) => None,
+        Poll::Pending => Some(false),
+    }
+}
+
 impl Relay<'_> {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<RelayEnd> {
         loop {
@@ -636,8 +646,19 @@ impl Relay<'_> {
                 progress |= n > 0;
             }
 
-            let to_server_done = c.fwd == 0 && c.to_server.is_empty();
-            let to_client_done = self.s_fwd == 0 && c.to_client.is_empty();
+            // Done means flushed too: a TLS stream may hold written records until then.
+            let to_server_done = c.fwd == 0 && c.to_server.is_empty() && {
+                let Some(flushed) = poll_flushed(&mut s.stream, cx) else {
+                    return Poll::Ready(RelayEnd::ServerGone);
+                };
+                flushed
+            };
+            let to_client_done = self.s_fwd == 0 && c.to_client.is_empty() && {
+                let Some(flushed) = poll_flushed(&mut c.stream, cx) else {
+                    return Poll::Ready(RelayEnd::ClientGone);
+                };
+                flushed
+            };
             let server_idle = s.tracker.is_idle() && s.responses.is_empty();
             if to_server_done && c.terminated {
                 return Poll::Ready(RelayEnd::Terminated);

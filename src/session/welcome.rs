@@ -13,8 +13,7 @@ use crate::config::{AuthMethod, Config, DatabaseSection};
 use crate::server::{Credentials, ServerTarget};
 use bytes::BytesMut;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 
 /// The client's stored secret: from the auth file or `[[auth.users]]`, else from
 /// `auth_query` on the database's primary (not needed for trust).
@@ -51,7 +50,7 @@ async fn stored_secret(
         max_message_size: 1 << 20,
         max_prepared_statements: 0,
     };
-    Ok(ctx.auth_query.secret(&target, query, user).await?)
+    Ok(ctx.auth_query.secret(&target, &ctx.tls, query, user).await?)
 }
 
 /// What a login opened.
@@ -64,11 +63,12 @@ pub(super) enum Opened {
 
 /// Runs the login phase; `None` when the connection was a cancel request.
 pub(super) async fn login(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     ctx: &Arc<Shared>,
 ) -> Result<Option<Opened>, SessionError> {
-    let startup = match login::read_opening(stream, buf).await? {
+    let tls = ctx.tls.load_full();
+    let startup = match login::read_opening(stream, buf, &tls.client).await? {
         Opening::Cancel { pid, secret } => {
             ctx.cancels.cancel(pid, secret).await;
             return Ok(None);
@@ -80,7 +80,7 @@ pub(super) async fn login(
         startup.params.iter().map(|(k, _)| k.as_str()).filter(|k| k.starts_with("_pq_.")).collect();
     if startup.minor_version > 0 || !unsupported.is_empty() {
         backend::negotiate_protocol_version(&mut out, &unsupported);
-        stream.write_all(&out).await?;
+        stream.send(&out).await?;
         out.clear();
     }
     if crate::admin::is_admin_database(&startup.database) {
@@ -138,7 +138,7 @@ pub(super) async fn login(
     let (pid, secret_key, cancel) = ctx.cancels.register();
     backend::backend_key_data(&mut out, pid, secret_key);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
-    stream.write_all(&out).await?;
+    stream.send(&out).await?;
     Ok(Some(Opened::Client(Session {
         client: params,
         pool,

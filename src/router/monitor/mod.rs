@@ -66,7 +66,7 @@ pub struct MonitorTarget {
 }
 
 /// How a monitor polls; read again before every poll, so a reload takes effect at the next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct MonitorSettings {
     /// Time between polls (`routing.lag_check_interval`), and the first backoff delay.
     pub interval: Duration,
@@ -76,6 +76,8 @@ pub struct MonitorSettings {
     pub connect_timeout: Duration,
     /// Bound on one query.
     pub query_timeout: Duration,
+    /// TLS toward the servers as `tls.server_mode` asks (`None`: plaintext).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl MonitorSettings {
@@ -89,6 +91,7 @@ impl MonitorSettings {
             limits: LagLimits { max_lag: routing.max_replica_lag.0, max_lag_bytes: routing.max_replica_lag_bytes.0 },
             connect_timeout,
             query_timeout: interval.max(MIN_QUERY_TIMEOUT),
+            tls: None,
         }
     }
 

@@ -86,7 +86,7 @@ impl Probe {
     /// The single row `sql` returns. A failed or timed-out query closes the connection: it may
     /// still be running, and the next poll starts afresh.
     async fn row(&mut self, sql: &str, s: &MonitorSettings) -> Result<SimpleQueryRow, MonitorError> {
-        let client = self.client(s.connect_timeout).await?;
+        let client = self.client(s).await?;
         let result = timeout(s.query_timeout, client.simple_query(sql)).await;
         let messages = match result {
             Ok(Ok(messages)) => messages,
@@ -109,17 +109,18 @@ impl Probe {
     }
 
     /// The open connection, opening one if there is none or it was closed.
-    async fn client(&mut self, connect_timeout: Duration) -> Result<&Client, MonitorError> {
+    async fn client(&mut self, s: &MonitorSettings) -> Result<&Client, MonitorError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
         }
         if self.client.is_none() {
-            self.client = Some(self.connect(connect_timeout).await?);
+            self.client = Some(self.connect(s).await?);
         }
         Ok(self.client.as_ref().unwrap_or_else(|| unreachable!("just set")))
     }
 
-    async fn connect(&self, connect_timeout: Duration) -> Result<Client, MonitorError> {
+    async fn connect(&self, s: &MonitorSettings) -> Result<Client, MonitorError> {
+        let connect_timeout = s.connect_timeout;
         let (host, port) =
             split_address(&self.address).ok_or_else(|| MonitorError::BadAddress { address: self.address.clone() })?;
         let mut config = tokio_postgres::Config::new();
@@ -133,19 +134,30 @@ impl Probe {
         if let Some(password) = &self.password {
             config.password(password);
         }
-        let (client, connection) = match timeout(connect_timeout, config.connect(NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(source)) => return Err(MonitorError::Connect { address: self.address.clone(), source }),
-            Err(_) => {
-                return Err(MonitorError::ConnectTimeout { address: self.address.clone(), timeout: connect_timeout })
-            }
+        let opened = match s.tls.as_ref().and_then(|t| crate::tls::postgres_tls(t, &mut config)) {
+            Some(tls) => timeout(connect_timeout, open(&config, tls)).await,
+            None => timeout(connect_timeout, open(&config, NoTls)).await,
         };
-        // Ends when the client is dropped (or the server goes away).
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(client)
+        match opened {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(source)) => Err(MonitorError::Connect { address: self.address.clone(), source }),
+            Err(_) => Err(MonitorError::ConnectTimeout { address: self.address.clone(), timeout: connect_timeout }),
+        }
     }
+}
+
+/// Connects with `tls`; the connection task ends when the client is dropped (or the server
+/// goes away).
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// `host:port` (or `[v6]:port`) split in two.
