@@ -1,7 +1,14 @@
 //! Messages from the client side of the protocol that sluice reads during login: the
-//! PasswordMessage and the SASL initial and continuing responses, all tagged 'p'.
+//! PasswordMessage and the SASL initial and continuing responses, all tagged 'p'; and which
+//! message types a logged-in client may send at all.
 
 use super::{read_cstr, ProtocolError};
+
+/// Whether `tag` is a message a client may send once logged in (Postgres ends the connection
+/// on any other with "invalid frontend message type").
+pub fn is_session_message(tag: u8) -> bool {
+    matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'H' | b'S' | b'F' | b'X' | b'd' | b'c' | b'f')
+}
 
 /// A SASLInitialResponse body: mechanism and initial client data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +81,16 @@ mod tests {
         let mut trailing = body.clone();
         trailing.push(b'!');
         assert!(parse_sasl_initial(&trailing).is_err(), "bytes after the data");
+    }
+
+    #[test]
+    fn only_frontend_message_types_are_session_messages() {
+        for tag in *b"QPBDECHSFXdcf" {
+            assert!(is_session_message(tag), "{}", tag as char);
+        }
+        for tag in [b'p', b'K', b'Z', b'z', b'R', 0, 0xff] {
+            assert!(!is_session_message(tag), "{}", tag as char);
+        }
     }
 
     use proptest::collection::vec;
