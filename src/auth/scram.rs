@@ -56,10 +56,17 @@ impl ScramSecret {
         ScramSecret::parse(&text).unwrap_or_else(|| unreachable!("postgres-protocol produced {text}"))
     }
 
-    /// A secret for a user that does not exist, so a failed login looks like any other.
-    pub fn decoy() -> ScramSecret {
-        let mut salt = vec![0u8; 16];
-        rand::thread_rng().fill_bytes(&mut salt);
+    /// A secret for a user that does not exist, so a failed login looks like any other: like a
+    /// real user's, its salt is the same at every attempt (derived from the name with a key
+    /// drawn once per process), so that asking twice does not tell the two apart.
+    pub fn decoy(user: &str) -> ScramSecret {
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let mut k = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut k);
+            k
+        });
+        let salt = hmac(key, user.as_bytes())[..16].to_vec();
         ScramSecret { iterations: 4096, salt, stored_key: [0; 32], server_key: [0; 32] }
     }
 
@@ -205,9 +212,18 @@ mod tests {
     }
 
     #[test]
+    fn a_decoy_is_the_same_for_the_same_name_and_shaped_like_a_real_secret() {
+        let real = ScramSecret::derive("pw");
+        let (a, b, c) = (ScramSecret::decoy("nobody"), ScramSecret::decoy("nobody"), ScramSecret::decoy("other"));
+        assert_eq!(a, b);
+        assert_ne!(a.salt, c.salt);
+        assert_eq!((a.iterations, a.salt.len()), (real.iterations, real.salt.len()));
+    }
+
+    #[test]
     fn garbage_client_messages_are_malformed_not_panics() {
         for m in [&b""[..], b"n", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"\xff\xfe"] {
-            assert!(ScramServer::start("u", ScramSecret::decoy(), m).is_err());
+            assert!(ScramServer::start("u", ScramSecret::decoy("u"), m).is_err());
         }
     }
 
@@ -254,7 +270,7 @@ mod tests {
 
         #[test]
         fn arbitrary_client_first_messages_never_panic(data in vec(any::<u8>(), 0..200)) {
-            if let Ok((_, first)) = ScramServer::start("u", ScramSecret::decoy(), &data) {
+            if let Ok((_, first)) = ScramServer::start("u", ScramSecret::decoy("u"), &data) {
                 prop_assert!(first.starts_with("r="));
             }
         }
@@ -264,7 +280,7 @@ mod tests {
             cbind in "[nyp]?(=[a-z-]{0,10})?", authzid in "(a=[a-z]{0,5})?", attrs in vec("[a-z]?=?[!-~]{0,12}", 0..5),
         ) {
             let text = format!("{cbind},{authzid},{}", attrs.join(","));
-            if let Ok((_, first)) = ScramServer::start("u", ScramSecret::decoy(), text.as_bytes()) {
+            if let Ok((_, first)) = ScramServer::start("u", ScramSecret::decoy("u"), text.as_bytes()) {
                 // The server nonce extends the client's, and nothing else gets in.
                 let nonce = first.strip_prefix("r=").unwrap().split(',').next().unwrap();
                 prop_assert!(nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','));
@@ -273,7 +289,7 @@ mod tests {
 
         #[test]
         fn arbitrary_client_final_messages_fail_without_panicking(data in vec(any::<u8>(), 0..200)) {
-            let (server, _) = ScramServer::start("u", ScramSecret::decoy(), b"n,,n=u,r=abc").unwrap();
+            let (server, _) = ScramServer::start("u", ScramSecret::decoy("u"), b"n,,n=u,r=abc").unwrap();
             prop_assert!(server.finish(&data).is_err());
         }
 
@@ -300,7 +316,7 @@ mod tests {
         ) {
             let client = ScramSha256::new(b"secret", ChannelBinding::unsupported());
             let bad = mutate(client.message().to_vec(), at, byte, op);
-            let _ = ScramServer::start("u", ScramSecret::decoy(), &bad);
+            let _ = ScramServer::start("u", ScramSecret::decoy("u"), &bad);
         }
 
         #[test]

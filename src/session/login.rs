@@ -114,7 +114,7 @@ pub async fn authenticate(
         AuthMethod::Md5 | AuthMethod::ScramSha256 => {
             let keys = match secret {
                 Some(s) => s.scram().cloned().ok_or_else(|| AuthError::Unusable(user.to_owned(), "scram-sha-256"))?,
-                None => auth::scram::ScramSecret::decoy(),
+                None => auth::scram::ScramSecret::decoy(user),
             };
             backend::auth_sasl(&mut out);
             stream.write_all(&out).await?;
