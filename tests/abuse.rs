@@ -479,10 +479,18 @@ async fn a_message_announced_but_not_sent_reserves_no_memory_for_it() {
     for _ in 0..10 {
         raws.push(Raw::login(proxy.addr, &db).await);
     }
+    let mut consoles = Vec::new();
+    for _ in 0..5 {
+        consoles.push(Raw::login(proxy.addr, "sluice").await);
+    }
     let (_, virtual_before) = memory();
-    // Parse is a message sluice holds whole (to share prepared statements): each announces 1 GB.
+    // Parse is a message sluice holds whole (to share prepared statements), the console holds
+    // every message whole: each announces 1 GB.
     for raw in &mut raws {
         raw.send(&[b'P', 0x3f, 0xff, 0xff, 0xf0, 0, b's']).await;
+    }
+    for console in &mut consoles {
+        console.send(&[b'Q', 0x3f, 0xff, 0xff, 0xf0, b'S']).await;
     }
     assert!(eventually(Duration::from_secs(5), || backends(&db, "") >= 10).await);
     // Give the sessions time to take their server connection and look at the header.
@@ -492,9 +500,9 @@ async fn a_message_announced_but_not_sent_reserves_no_memory_for_it() {
         grown = grown.max(memory().1.saturating_sub(virtual_before));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("10 clients announcing 1 GB each: virtual memory grew {} MB", grown / MB);
+    println!("15 clients announcing 1 GB each: virtual memory grew {} MB", grown / MB);
     assert!(grown < 2048 * MB, "virtual memory grew {} MB", grown / MB);
-    drop(raws);
+    drop((raws, consoles));
     servers_settle(&db).await;
     a_normal_client_works(&proxy).await;
 }
@@ -740,6 +748,56 @@ async fn a_flood_of_cancel_requests_with_wrong_keys_does_not_disturb_running_que
     let got = raw.until(b'Z').await;
     let e = got.iter().find(|m| m.0 == b'E').map(|m| error_fields(&m.1)).expect("cancelled");
     assert_eq!(e.code, "57014");
+    servers_settle(&db).await;
+    a_normal_client_works(&proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_requests_sluice_answers_itself_without_reading_is_held_back() {
+    let _alone = MEMORY.write().await;
+    let db = unique_db("synthetic_flood");
+    let proxy = start_proxy(&db, "[pool]\nsize = 2").await;
+    let mut raw = Raw::login(proxy.addr, &db).await;
+    let mut parse = cstr("s");
+    parse.extend(cstr("select 1"));
+    parse.extend([0, 0]);
+    raw.send(&[message(b'P', &parse), SYNC.to_vec()].concat()).await;
+    raw.until(b'Z').await;
+    let (rss_before, _) = memory();
+    // Closing a client's name of a shared statement is answered by sluice alone: 8 bytes in,
+    // a CloseComplete owed. 32 MB of them, never reading, never syncing.
+    let close = message(b'C', b"Ss\0");
+    let chunk: Vec<u8> = close.iter().copied().cycle().take(close.len() * 8192).collect();
+    let Raw { s, .. } = raw;
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let mut sent = 0usize;
+        while sent < 32 << 20 {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        (sent, wr)
+    });
+    let finished = tokio::time::timeout(Duration::from_secs(3), async {
+        while !writer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (rss_during, _) = memory();
+    println!(
+        "Close flood without reading: writer {}; RSS {} MB -> {} MB",
+        if finished.is_ok() { "sent all 32 MB" } else { "held back" },
+        rss_before / MB,
+        rss_during / MB
+    );
+    assert!(rss_during < rss_before + 100 * MB, "RSS grew from {} MB to {} MB", rss_before / MB, rss_during / MB);
+    writer.abort();
+    let mut sink = vec![0u8; 1 << 16];
+    let _ = tokio::time::timeout(Duration::from_millis(10), rd.read(&mut sink)).await;
+    drop(rd);
     servers_settle(&db).await;
     a_normal_client_works(&proxy).await;
 }

@@ -570,6 +570,10 @@ struct Relay<'a> {
 
 const READ_RESERVE: usize = 8192;
 
+/// Responses owed to a client past which its next messages wait (a client pipelining more
+/// without a Sync or Flush in between is not served further until the server answers).
+const MAX_OWED: usize = 1 << 16;
+
 /// Most bytes reserved ahead of what has arrived for a message held whole: a length field alone
 /// (up to max_message_size) must not reserve memory the peer never sends.
 const HELD_RESERVE: usize = 1 << 20;
@@ -691,7 +695,17 @@ impl Relay<'_> {
                     Poll::Pending => {}
                 }
             }
-            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open && !self.waiting && !self.retrying {
+            // A client that does not take what sluice answers itself is not read either, as
+            // Postgres stops reading a client it cannot write to; nor one owed too much.
+            let owes_enough = !c.to_client.is_empty() || s.responses.len() >= MAX_OWED;
+            if to_server_done
+                && !c.terminated
+                && !rerouting
+                && gate == Gate::Open
+                && !self.waiting
+                && !self.retrying
+                && !owes_enough
+            {
                 let statements = self.registry.map(|registry| Statements {
                     client: &mut c.statements,
                     server: &mut s.statements,
