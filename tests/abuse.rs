@@ -559,13 +559,14 @@ async fn a_client_that_never_reads_its_results_holds_bounded_memory_and_its_serv
     let mut raw = Raw::login(proxy.addr, &db).await;
     // 200 MB of rows, in a transaction so that leaving must roll something back.
     raw.send(&query("begin; create temp table t (x int); select repeat('x', 1000000) from generate_series(1, 200)")).await;
-    let stuck = eventually(Duration::from_secs(20), || {
+    let stuck_pid = || {
         on_primary(&format!(
-            "select count(*) from pg_stat_activity where datname = '{db}' and wait_event = 'ClientWrite'"
-        )) == "1"
-    })
-    .await;
+            "select pid from pg_stat_activity where datname = '{db}' and wait_event = 'ClientWrite'"
+        ))
+    };
+    let stuck = eventually(Duration::from_secs(20), || !stuck_pid().is_empty()).await;
     assert!(stuck, "the server never blocked on writing: {:?}", server_activity(&db));
+    let pid: i32 = stuck_pid().parse().unwrap();
     // Everyone else carries on meanwhile.
     for round in 0..10 {
         for c in &others {
@@ -578,8 +579,15 @@ async fn a_client_that_never_reads_its_results_holds_bounded_memory_and_its_serv
     assert!(rss_during < rss_before + 100 * MB, "RSS grew from {} MB to {} MB", rss_before / MB, rss_during / MB);
     let left = Instant::now();
     drop(raw);
-    servers_settle(&db).await;
+    // The query is cancelled, the rest of its rows drained and the transaction rolled back: the
+    // same server connection is idle again, well within the 5 s a reset may take.
+    let back = eventually(Duration::from_secs(3), || {
+        server_activity(&db).iter().any(|a| a.pid == pid && a.state == "idle")
+    })
+    .await;
+    assert!(back, "server connection {pid} not reset in time: {:?}", server_activity(&db));
     println!("its server connection was idle again {:?} after it left", left.elapsed());
+    servers_settle(&db).await;
     for c in &others {
         c.simple_query("select 1").await.unwrap();
     }

@@ -530,6 +530,9 @@ pub async fn relay(
             // Bytes scanned but not written, or a message cut short, leave the server unsure.
             server.mid_client_message =
                 client.fwd > 0 || !client.to_server.is_empty() || !client.scanner.at_boundary();
+            // Server bytes scanned for the client but not written belong to nobody now; left in
+            // the buffer, they would be scanned twice when the connection is drained.
+            server.buf.advance(r.s_fwd);
         }
         RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) | RelayEnd::ReplicaFailed => server.mark_broken(),
         RelayEnd::Released | RelayEnd::Terminated => {
