@@ -166,7 +166,8 @@ async fn next_message(
                 let msg = buf.split_to(h.total()).freeze();
                 return Ok((h.tag, msg.slice(5..)));
             }
-            buf.reserve(h.total() - buf.len());
+            // Room as the bytes arrive: a length field alone does not reserve memory.
+            buf.reserve((h.total() - buf.len()).min(1 << 20));
         } else {
             buf.reserve(512);
         }

@@ -214,4 +214,31 @@ mod tests {
         let s = Secret::parse(&postgres_protocol::password::scram_sha_256(b"x"));
         assert!(matches!(check_md5("u", &s, [0; 4], "md5abc"), Err(AuthError::Unusable(..))));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        // Plain secrets derive SCRAM keys (4096 PBKDF2 rounds) on parse: few cases.
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_stored_text_parses_to_some_secret(text in "\\PC{0,40}|md5[0-9a-fA-F]{30,34}|SCRAM-SHA-256\\$[0-9]{1,5}:[A-Za-z0-9+/=]{0,30}\\$[A-Za-z0-9+/=]{0,50}:[A-Za-z0-9+/=]{0,50}") {
+            match Secret::parse(&text) {
+                Secret::Md5(s) => prop_assert!(s.len() == 35 && s.starts_with("md5")),
+                Secret::Plain { password, .. } => prop_assert_eq!(password, text),
+                Secret::Scram(_) => prop_assert!(text.starts_with("SCRAM-SHA-256$")),
+            }
+        }
+
+        #[test]
+        fn answers_of_any_shape_are_refused_without_panicking(answer in "\\PC{0,60}", salt in any::<[u8; 4]>()) {
+            let plain = Secret::parse("secret");
+            let md5 = Secret::parse(&md5_secret("app", "secret"));
+            prop_assume!(answer != "secret");
+            prop_assert!(check_md5("app", &plain, salt, &answer).is_err());
+            prop_assert!(check_md5("app", &md5, salt, &answer).is_err());
+            prop_assert!(check_cleartext("app", &plain, &answer).is_err());
+            prop_assert!(check_cleartext("app", &md5, &answer).is_err());
+        }
+    }
 }

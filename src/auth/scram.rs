@@ -65,10 +65,17 @@ impl ScramSecret {
         ScramSecret::parse(&text).unwrap_or_else(|| unreachable!("postgres-protocol produced {text}"))
     }
 
-    /// A secret for a user that does not exist, so a failed login looks like any other.
-    pub fn decoy() -> ScramSecret {
-        let mut salt = vec![0u8; 16];
-        rand::thread_rng().fill_bytes(&mut salt);
+    /// A secret for a user that does not exist, so a failed login looks like any other: like a
+    /// real user's, its salt is the same at every attempt (derived from the name with a key
+    /// drawn once per process), so that asking twice does not tell the two apart.
+    pub fn decoy(user: &str) -> ScramSecret {
+        static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let key = KEY.get_or_init(|| {
+            let mut k = [0u8; 32];
+            rand::thread_rng().fill_bytes(&mut k);
+            k
+        });
+        let salt = hmac(key, user.as_bytes())[..16].to_vec();
         ScramSecret { iterations: 4096, salt, stored_key: [0; 32], server_key: [0; 32] }
     }
 
@@ -379,13 +386,129 @@ mod tests {
     }
 
     #[test]
+    fn a_decoy_is_the_same_for_the_same_name_and_shaped_like_a_real_secret() {
+        let real = ScramSecret::derive("pw");
+        let (a, b, c) = (ScramSecret::decoy("nobody"), ScramSecret::decoy("nobody"), ScramSecret::decoy("other"));
+        assert_eq!(a, b);
+        assert_ne!(a.salt, c.salt);
+        assert_eq!((a.iterations, a.salt.len()), (real.iterations, real.salt.len()));
+    }
+
+    #[test]
     fn garbage_client_messages_are_malformed_not_panics() {
         for m in [&b""[..], b"n", b"n,,", b"p=tls-server-end-point,,n=,r=abc", b"\xff\xfe"] {
-            assert!(ScramServer::start("u", ScramSecret::decoy(), SCRAM_SHA_256, m, None).is_err());
+            assert!(ScramServer::start("u", ScramSecret::decoy("u"), SCRAM_SHA_256, m, None).is_err());
             let valid_plus = m.starts_with(b"p=");
-            assert_eq!(ScramServer::start("u", ScramSecret::decoy(), SCRAM_SHA_256_PLUS, m, Some(b"x")).is_ok(), valid_plus);
+            assert_eq!(ScramServer::start("u", ScramSecret::decoy("u"), SCRAM_SHA_256_PLUS, m, Some(b"x")).is_ok(), valid_plus);
         }
-        assert!(ScramServer::start("u", ScramSecret::decoy(), "PLAIN", b"n,,n=,r=abc", None).is_err());
+        assert!(ScramServer::start("u", ScramSecret::decoy("u"), "PLAIN", b"n,,n=,r=abc", None).is_err());
+    }
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Keys for `password` with few iterations, so that properties can run many exchanges.
+    fn cheap_secret(password: &str) -> ScramSecret {
+        let mut s = ScramSecret { iterations: 2, salt: b"pepper".to_vec(), stored_key: [0; 32], server_key: [0; 32] };
+        let salted = s.salted_password(password);
+        s.stored_key = Sha256::digest(hmac(&salted, b"Client Key")).into();
+        s.server_key = hmac(&salted, b"Server Key");
+        s
+    }
+
+    /// A client that has sent its first message and read the server's; returns the server and
+    /// the client-final-message.
+    fn halfway(password: &str) -> (ScramServer, ScramSha256, Vec<u8>) {
+        let mut client = ScramSha256::new(password.as_bytes(), ChannelBinding::unsupported());
+        let (server, first) = ScramServer::start("app", cheap_secret(password), SCRAM_SHA_256, client.message(), None).unwrap();
+        client.update(first.as_bytes()).unwrap();
+        let fin = client.message().to_vec();
+        (server, client, fin)
+    }
+
+    fn mutate(mut m: Vec<u8>, at: proptest::sample::Index, byte: u8, op: u8) -> Vec<u8> {
+        if m.is_empty() {
+            return m;
+        }
+        let at = at.index(m.len());
+        match op {
+            0 => m[at] = byte,
+            1 => m.truncate(at),
+            2 => {
+                m.remove(at);
+            }
+            _ => m.insert(at, byte),
+        }
+        m
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_client_first_messages_never_panic(data in vec(any::<u8>(), 0..200)) {
+            if let Ok((_, first)) = ScramServer::start("u", ScramSecret::decoy("u"), SCRAM_SHA_256, &data, None) {
+                prop_assert!(first.starts_with("r="));
+            }
+        }
+
+        #[test]
+        fn structured_client_first_messages_never_panic(
+            cbind in "[nyp]?(=[a-z-]{0,10})?", authzid in "(a=[a-z]{0,5})?", attrs in vec("[a-z]?=?[!-~]{0,12}", 0..5),
+        ) {
+            let text = format!("{cbind},{authzid},{}", attrs.join(","));
+            if let Ok((_, first)) = ScramServer::start("u", ScramSecret::decoy("u"), SCRAM_SHA_256, text.as_bytes(), None) {
+                // The server nonce extends the client's, and nothing else gets in.
+                let nonce = first.strip_prefix("r=").unwrap().split(',').next().unwrap();
+                prop_assert!(nonce.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','));
+            }
+        }
+
+        #[test]
+        fn arbitrary_client_final_messages_fail_without_panicking(data in vec(any::<u8>(), 0..200)) {
+            let (server, _) = ScramServer::start("u", ScramSecret::decoy("u"), SCRAM_SHA_256, b"n,,n=u,r=abc", None).unwrap();
+            prop_assert!(server.finish(&data).is_err());
+        }
+
+        #[test]
+        fn a_real_exchange_with_any_password_succeeds(password in "\\PC{0,20}") {
+            let (server, mut client, fin) = halfway(&password);
+            let last = server.finish(&fin).unwrap();
+            prop_assert!(client.finish(last.as_bytes()).is_ok());
+        }
+
+        #[test]
+        fn a_mutated_client_final_message_never_logs_in(
+            at in any::<proptest::sample::Index>(), byte in any::<u8>(), op in 0u8..4,
+        ) {
+            let (server, _, fin) = halfway("secret");
+            let bad = mutate(fin.clone(), at, byte, op);
+            prop_assume!(bad != fin);
+            prop_assert!(server.finish(&bad).is_err());
+        }
+
+        #[test]
+        fn a_mutated_client_first_message_never_panics(
+            at in any::<proptest::sample::Index>(), byte in any::<u8>(), op in 0u8..4,
+        ) {
+            let client = ScramSha256::new(b"secret", ChannelBinding::unsupported());
+            let bad = mutate(client.message().to_vec(), at, byte, op);
+            let _ = ScramServer::start("u", ScramSecret::decoy("u"), SCRAM_SHA_256, &bad, None);
+        }
+
+        #[test]
+        fn stored_secrets_round_trip(iterations in 1u32.., salt in vec(any::<u8>(), 0..32), stored in any::<[u8; 32]>(), server in any::<[u8; 32]>()) {
+            let text = format!("SCRAM-SHA-256${iterations}:{}${}:{}", B64.encode(&salt), B64.encode(stored), B64.encode(server));
+            let want = ScramSecret { iterations, salt, stored_key: stored, server_key: server };
+            prop_assert_eq!(ScramSecret::parse(&text), Some(want));
+        }
+
+        #[test]
+        fn arbitrary_stored_text_never_panics(text in "(SCRAM-SHA-256\\$)?[0-9]{0,12}:?[A-Za-z0-9+/=]{0,50}\\$?[A-Za-z0-9+/=]{0,50}:?[A-Za-z0-9+/=]{0,50}") {
+            if let Some(s) = ScramSecret::parse(&text) {
+                prop_assert!(s.iterations > 0);
+            }
+        }
     }
 
     #[test]

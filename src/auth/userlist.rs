@@ -69,4 +69,36 @@ mod tests {
         let err = parse("\"a\" \"b\"\n\"c\" \"d").unwrap_err();
         assert!(err.contains("line 2"), "{err}");
     }
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn quote(s: &str) -> String {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}|[\" ;#\\na-z]{0,80}") {
+            if let Ok(pairs) = parse(&text) {
+                prop_assert!(pairs.len() <= text.lines().count());
+            }
+        }
+
+        #[test]
+        fn quoted_pairs_round_trip(pairs in vec(("[^\\r\\n]{0,20}", "[^\\r\\n]{0,40}"), 0..10)) {
+            let text: String = pairs.iter().map(|(u, s)| format!("{} {}\n; comment\n", quote(u), quote(s))).collect();
+            prop_assert_eq!(parse(&text).unwrap(), pairs);
+        }
+
+        #[test]
+        fn a_line_cut_anywhere_inside_its_quotes_names_that_line(user in "[a-z\"]{1,10}", secret in "[a-z\"]{1,10}", cut in any::<proptest::sample::Index>()) {
+            let line = format!("{} {}", quote(&user), quote(&secret));
+            let cut = cut.index(line.len());
+            let text = format!("\"ok\" \"ok\"\n{}", &line[..cut]);
+            if let Err(e) = parse(&text) {
+                prop_assert!(e.contains("line 2"), "{}", e);
+            }
+        }
+    }
 }

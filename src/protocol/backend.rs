@@ -310,4 +310,25 @@ mod tests {
         assert_eq!(parse_parameter_status(&buf[5..]), Some(("TimeZone", "UTC")));
         assert_eq!(parse_parameter_status(b"no-nul"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn readers_of_server_bodies_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            let _ = parse_parameter_status(&body);
+            let _ = is_fatal(&body);
+            let _ = first_column(&body);
+            let _ = parse_error_fields(&body);
+        }
+
+        #[test]
+        fn error_responses_round_trip(code in "[0-9A-Z]{5}", message in "[^\\x00]{0,60}", fatal in proptest::prelude::any::<bool>()) {
+            let mut buf = BytesMut::new();
+            let severity = if fatal { Severity::Fatal } else { Severity::Error };
+            error_response(&mut buf, severity, SqlState::from_code(&code).unwrap_or(SqlState::PROTOCOL_VIOLATION), &message);
+            let (sev, _, msg) = parse_error_fields(&buf[5..]);
+            proptest::prop_assert_eq!(sev, if fatal { "FATAL" } else { "ERROR" });
+            proptest::prop_assert_eq!(msg, message);
+            proptest::prop_assert_eq!(is_fatal(&buf[5..]), fatal);
+        }
+    }
 }

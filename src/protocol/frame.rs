@@ -255,7 +255,97 @@ mod tests {
         assert!(out.stopped);
     }
 
-    proptest::proptest! {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// Scans `stream` arriving in pieces of the given sizes, keeping unconsumed bytes buffered as
+    /// a session does; returns the bytes forwarded and the most ever buffered.
+    fn feed(s: &mut Scanner, r: &mut Record, stream: &[u8], pieces: &[usize]) -> Result<(usize, usize), ProtocolError> {
+        let mut buffered: Vec<u8> = vec![];
+        let (mut forwarded, mut most, mut at) = (0, 0, 0);
+        let mut sizes = pieces.iter().cycle();
+        while at < stream.len() {
+            let n = (*sizes.next().unwrap_or(&1)).clamp(1, stream.len() - at);
+            buffered.extend_from_slice(&stream[at..at + n]);
+            at += n;
+            most = most.max(buffered.len());
+            loop {
+                let out = s.scan(&buffered, r)?;
+                assert!(out.consumed <= buffered.len());
+                forwarded += out.consumed;
+                buffered.drain(..out.consumed);
+                if out.consumed == 0 || buffered.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok((forwarded, most))
+    }
+
+    fn messages() -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+        vec((prop_oneof![Just(b'Z'), Just(b'D'), Just(b'C'), any::<u8>()], vec(any::<u8>(), 0..300)), 0..12)
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_with_a_length_out_of_bounds_is_refused_before_its_body(tag in any::<u8>(), len in any::<u32>(), max in 4u32..1 << 20) {
+            let mut h = vec![tag];
+            h.extend(len.to_be_bytes());
+            match peek_header(&h, max) {
+                Ok(Some(header)) => prop_assert!((4..=max).contains(&header.len) && header.total() == len as usize + 1),
+                Ok(None) => prop_assert!(false, "five bytes are a whole header"),
+                Err(ProtocolError::LengthTooShort(l)) => prop_assert!(l < 4 && l == len),
+                Err(ProtocolError::TooLarge { len: l, max: m }) => prop_assert!(l > m && l == u64::from(len)),
+                Err(e) => prop_assert!(false, "{e}"),
+            }
+            for cut in 0..5 {
+                prop_assert_eq!(peek_header(&h[..cut], max), Ok(None));
+            }
+        }
+
+        #[test]
+        fn valid_streams_in_any_pieces_are_forwarded_whole_and_held_messages_bounded(msgs in messages(), pieces in vec(1usize..64, 1..8)) {
+            let stream: Vec<u8> = msgs.iter().flat_map(|(t, b)| msg(*t, b)).collect();
+            let mut s = Scanner::new(1024);
+            let mut r = Record::default();
+            let (forwarded, most) = feed(&mut s, &mut r, &stream, &pieces).unwrap();
+            prop_assert_eq!(forwarded, stream.len());
+            prop_assert!(s.at_boundary());
+            let seen: Vec<u8> = r.seen.iter().map(|(t, _)| *t).collect();
+            let sent: Vec<u8> = msgs.iter().map(|(t, _)| *t).collect();
+            prop_assert_eq!(seen, sent);
+            for ((t, body), (_, sb)) in msgs.iter().zip(&r.seen) {
+                if *t == b'Z' {
+                    prop_assert_eq!(body, sb);
+                }
+            }
+            // Only a held message (at most max_len + 1 bytes) and one piece are ever buffered.
+            prop_assert!(most <= 1024 + 1 + 64);
+        }
+
+        #[test]
+        fn a_huge_length_field_is_refused_however_the_stream_is_cut(msgs in messages(), len in 4097u32.., tag in any::<u8>(), pieces in vec(1usize..16, 1..4)) {
+            let mut stream: Vec<u8> = msgs.iter().flat_map(|(t, b)| msg(*t, b)).collect();
+            stream.push(tag);
+            stream.extend(len.to_be_bytes());
+            let mut s = Scanner::new(4096);
+            let err = feed(&mut s, &mut Record::default(), &stream, &pieces).unwrap_err();
+            prop_assert!(matches!(err, ProtocolError::TooLarge { .. }), "{:?}", err);
+        }
+
+        #[test]
+        fn mutated_streams_never_panic_or_overrun(msgs in messages(), at in any::<proptest::sample::Index>(), byte in any::<u8>(), pieces in vec(1usize..64, 1..4)) {
+            let mut stream: Vec<u8> = msgs.iter().flat_map(|(t, b)| msg(*t, b)).collect();
+            if !stream.is_empty() {
+                let at = at.index(stream.len());
+                stream[at] = byte;
+            }
+            let mut s = Scanner::new(1024);
+            if let Ok((forwarded, _)) = feed(&mut s, &mut Record::default(), &stream, &pieces) {
+                prop_assert!(forwarded <= stream.len());
+            }
+        }
+
         #[test]
         fn scanning_arbitrary_bytes_never_panics_and_never_overruns(data in proptest::collection::vec(0u8..=255, 0..512), cut in 0usize..512) {
             let mut s = Scanner::new(4096);

@@ -204,10 +204,142 @@ mod tests {
         assert!(decode(&bytes).is_err());
     }
 
-    proptest::proptest! {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A parameter name or value: any text without NUL.
+    fn text() -> impl Strategy<Value = String> {
+        "[^\\x00]{0,20}"
+    }
+
+    fn params() -> impl Strategy<Value = StartupParams> {
+        let key = "[^\\x00]{1,20}".prop_filter("user and database are fields", |k| k != "user" && k != "database");
+        ("[^\\x00]{1,20}", proptest::option::of("[^\\x00]{1,20}"), vec((key, text()), 0..8), any::<u16>())
+            .prop_map(|(user, database, params, minor_version)| StartupParams {
+                database: database.unwrap_or_else(|| user.clone()),
+                user,
+                params,
+                minor_version,
+            })
+    }
+
+    fn encode(p: &StartupParams) -> Vec<u8> {
+        let mut body = (PROTOCOL_3_0 | u32::from(p.minor_version)).to_be_bytes().to_vec();
+        let pairs = [("user", p.user.as_str()), ("database", p.database.as_str())];
+        for (k, v) in pairs.into_iter().chain(p.params.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        out.extend(body);
+        out
+    }
+
+    /// What every answer of `decode` must respect, whatever the input.
+    fn check_bounds(data: &[u8]) -> Result<(), TestCaseError> {
+        match decode(data) {
+            Ok(Some((_, used))) => prop_assert!((8..=MAX_STARTUP_LEN as usize).contains(&used) && used <= data.len()),
+            // Waiting for more is only allowed while less than a whole packet of the most a
+            // client may send is buffered: a peer cannot make sluice buffer without bound.
+            Ok(None) => prop_assert!(data.len() < MAX_STARTUP_LEN as usize),
+            Err(_) => {}
+        }
+        Ok(())
+    }
+
+    proptest! {
         #[test]
-        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(0u8..=255, 0..64)) {
-            let _ = decode(&data);
+        fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..64)) {
+            check_bounds(&data)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_after_a_plausible_header_never_panic_or_wait_beyond_the_limit(
+            len in 0u32..=MAX_STARTUP_LEN + 2, code in prop_oneof![Just(PROTOCOL_3_0), Just(SSL_REQUEST), Just(CANCEL_REQUEST), any::<u32>()],
+            tail in vec(any::<u8>(), 0..300),
+        ) {
+            let mut data = len.to_be_bytes().to_vec();
+            data.extend(code.to_be_bytes());
+            data.extend(tail);
+            check_bounds(&data)?;
+        }
+
+        #[test]
+        fn a_length_above_the_limit_is_refused_from_its_first_four_bytes(len in MAX_STARTUP_LEN + 1.., rest in vec(any::<u8>(), 0..16)) {
+            let mut data = len.to_be_bytes().to_vec();
+            data.extend(rest);
+            prop_assert!(matches!(decode(&data), Err(ProtocolError::TooLarge { .. })), "{:?}", decode(&data));
+        }
+
+        #[test]
+        fn a_length_below_eight_is_refused(len in 0u32..8, rest in vec(any::<u8>(), 0..16)) {
+            let mut data = len.to_be_bytes().to_vec();
+            data.extend(rest);
+            prop_assert_eq!(decode(&data), Err(ProtocolError::LengthTooShort(len)));
+        }
+
+        #[test]
+        fn startup_messages_round_trip(p in params(), trailing in vec(any::<u8>(), 0..8)) {
+            let mut bytes = encode(&p);
+            let len = bytes.len();
+            bytes.extend(trailing);
+            let (req, used) = decode(&bytes).unwrap().unwrap();
+            prop_assert_eq!(used, len);
+            prop_assert_eq!(req, StartupRequest::Startup(p));
+        }
+
+        #[test]
+        fn every_truncation_waits_and_every_shortened_length_is_refused(p in params(), cut in any::<proptest::sample::Index>()) {
+            let bytes = encode(&p);
+            let cut = cut.index(bytes.len());
+            prop_assert_eq!(decode(&bytes[..cut]), Ok(None));
+            // The same bytes, with a length field that says they are all there is.
+            if cut >= 8 {
+                let mut short = bytes[..cut].to_vec();
+                short[..4].copy_from_slice(&(cut as u32).to_be_bytes());
+                check_bounds(&short)?;
+                prop_assert!(decode(&short).is_err(), "a truncated parameter list is malformed");
+            }
+        }
+
+        #[test]
+        fn a_longer_declared_length_waits_then_is_refused(p in params(), extra in 1usize..64, filler in any::<u8>()) {
+            let mut bytes = encode(&p);
+            let len = bytes.len() + extra;
+            bytes[..4].copy_from_slice(&(len as u32).to_be_bytes());
+            prop_assert_eq!(decode(&bytes), Ok(None));
+            bytes.resize(len, filler);
+            // Bytes after the terminating NUL of the list do not belong to a StartupMessage.
+            prop_assert!(decode(&bytes).is_err());
+        }
+
+        #[test]
+        fn mutated_startup_messages_never_panic(p in params(), at in any::<proptest::sample::Index>(), byte in any::<u8>(), op in 0u8..3) {
+            let mut bytes = encode(&p);
+            let at = at.index(bytes.len());
+            match op {
+                0 => bytes[at] = byte,
+                1 => { bytes.remove(at); }
+                _ => bytes.insert(at, byte),
+            }
+            check_bounds(&bytes)?;
+        }
+
+        #[test]
+        fn invalid_utf8_or_a_missing_terminator_is_malformed(p in params(), at in any::<proptest::sample::Index>()) {
+            let bytes = encode(&p);
+            // Any byte of the parameter list (after the 8-byte header, before the final NUL).
+            let at = 8 + at.index(bytes.len() - 9);
+            let mut bad = bytes.clone();
+            bad[at] = 0xff;
+            prop_assert!(matches!(decode(&bad), Err(ProtocolError::Malformed { .. })), "{:?}", decode(&bad));
+            let mut unterminated = bytes;
+            let last = unterminated.len() - 1;
+            unterminated[last] = b'x';
+            prop_assert!(matches!(decode(&unterminated), Err(ProtocolError::Malformed { .. })), "{:?}", decode(&unterminated));
         }
     }
 }

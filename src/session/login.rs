@@ -141,7 +141,7 @@ pub async fn authenticate(
             if secret.is_some() && usable.is_none() {
                 tracing::debug!(user, "the user's stored secret cannot be used with SCRAM");
             }
-            let keys = usable.cloned().unwrap_or_else(auth::scram::ScramSecret::decoy);
+            let keys = usable.cloned().unwrap_or_else(|| auth::scram::ScramSecret::decoy(user));
             // On TLS, SCRAM-SHA-256-PLUS binds the login to this connection's certificate.
             let binding = stream.end_point();
             backend::auth_sasl(&mut out, binding.is_some());

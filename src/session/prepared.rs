@@ -290,6 +290,11 @@ pub struct ResponseQueue {
 }
 
 impl ResponseQueue {
+    /// Responses owed, in entries.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
     /// Nothing is owed.
     pub fn is_empty(&self) -> bool {
         self.q.is_empty()

@@ -109,6 +109,12 @@ impl Inspect for ClientSide<'_> {
     }
 
     fn message(&mut self, tag: u8, body: &[u8]) -> Flow {
+        if !crate::protocol::frontend::is_session_message(tag) {
+            // Not the protocol. Forwarded, it would make the server end its connection while
+            // nothing waits for an answer, and the client would hang.
+            self.error = Some(ProtocolError::Unexpected(tag));
+            return Flow::StopBefore;
+        }
         let Some(watch) = self.watch.as_deref_mut() else { return self.forward(tag, body) };
         if watch.on_replica() {
             // One segment at a time: the relay looks at the next before it goes.
@@ -524,6 +530,9 @@ pub async fn relay(
             // Bytes scanned but not written, or a message cut short, leave the server unsure.
             server.mid_client_message =
                 client.fwd > 0 || !client.to_server.is_empty() || !client.scanner.at_boundary();
+            // Server bytes scanned for the client but not written belong to nobody now; left in
+            // the buffer, they would be scanned twice when the connection is drained.
+            server.buf.advance(r.s_fwd);
         }
         RelayEnd::ServerGone | RelayEnd::ServerProtocol(_) | RelayEnd::ReplicaFailed => server.mark_broken(),
         RelayEnd::Released | RelayEnd::Terminated => {
@@ -564,9 +573,17 @@ struct Relay<'a> {
 
 const READ_RESERVE: usize = 8192;
 
+/// Responses owed to a client past which its next messages wait (a client pipelining more
+/// without a Sync or Flush in between is not served further until the server answers).
+const MAX_OWED: usize = 1 << 16;
+
+/// Most bytes reserved ahead of what has arrived for a message held whole: a length field alone
+/// (up to max_message_size) must not reserve memory the peer never sends.
+const HELD_RESERVE: usize = 1 << 20;
+
 fn make_room(buf: &mut bytes::BytesMut, wanted: usize) {
     if wanted > buf.len() {
-        buf.reserve(wanted - buf.len());
+        buf.reserve((wanted - buf.len()).min(HELD_RESERVE));
     }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_RESERVE);
@@ -702,7 +719,17 @@ impl Relay<'_> {
                     Poll::Pending => {}
                 }
             }
-            if to_server_done && !c.terminated && !rerouting && gate == Gate::Open && !self.waiting && !self.retrying {
+            // A client that does not take what sluice answers itself is not read either, as
+            // Postgres stops reading a client it cannot write to; nor one owed too much.
+            let owes_enough = !c.to_client.is_empty() || s.responses.len() >= MAX_OWED;
+            if to_server_done
+                && !c.terminated
+                && !rerouting
+                && gate == Gate::Open
+                && !self.waiting
+                && !self.retrying
+                && !owes_enough
+            {
                 let statements = self.registry.map(|registry| Statements {
                     client: &mut c.statements,
                     server: &mut s.statements,
@@ -931,5 +958,20 @@ impl Relay<'_> {
         }
         ready!(self.timer.as_mut().poll(cx));
         Poll::Ready(RelayEnd::IdleInTransaction)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_message_reserves_room_as_its_bytes_arrive_not_as_its_length_field_says() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[b'P', 0x3f, 0xff, 0xff, 0xff]);
+        make_room(&mut buf, 1 << 30);
+        assert!(buf.capacity() <= HELD_RESERVE + READ_RESERVE + 5, "{}", buf.capacity());
+        make_room(&mut buf, 100);
+        assert!(buf.capacity() - buf.len() >= 1024);
     }
 }
