@@ -81,6 +81,9 @@ pub struct Shared {
     pub samples: crate::metrics::advice::Samples,
     /// The result cache, when `cache.enabled` was set at start.
     pub cache: Option<Arc<crate::cache::CacheHandle>>,
+    /// The logical replication streams invalidating the cache (`invalidation_source =
+    /// "logical"`).
+    pub logical: crate::cache::logical::LogicalStreams,
     clients: AtomicUsize,
 }
 
@@ -101,8 +104,9 @@ impl Shared {
         self.pools.reconfigure(&config);
         self.config.store(Arc::new(config));
         self.routing.reconfigure(&self.config.load(), &users);
-        self.users.store(users);
         self.reconfigure_cache();
+        self.logical.sync(&self.config.load(), &users, self.cache.as_ref());
+        self.users.store(users);
         tracing::info!("configuration reloaded");
         Ok(())
     }
@@ -183,8 +187,12 @@ impl Sluice {
             clients_registry: ClientRegistry::default(),
             samples: Default::default(),
             cache,
+            logical: Default::default(),
             clients: AtomicUsize::new(0),
         });
+        // Before any session can start: a database followed by a stream is suspended until it
+        // streams.
+        shared.logical.sync(&shared.config.load(), &shared.users.load(), shared.cache.as_ref());
         let metrics = metrics_addr.map(|a| crate::metrics::install(a, shared.clone())).transpose()?;
         let sluice = Sluice {
             shared,
@@ -235,6 +243,7 @@ impl Sluice {
         }
         self.shared.pools.close_all();
         self.shared.routing.stop();
+        self.shared.logical.stop();
     }
 
     /// Resolves when every session has ended after [`Sluice::shutdown`].

@@ -25,6 +25,14 @@ async fn open(addr: &str) -> Result<TcpStream, ServerError> {
 
 /// Connects and logs in.
 pub(super) async fn connect(target: &ServerTarget) -> Result<(ServerConnection, Welcome), ServerError> {
+    connect_with(target, &[]).await
+}
+
+/// Connects and logs in with `extra` startup parameters (e.g. `replication=database`).
+pub(super) async fn connect_with(
+    target: &ServerTarget,
+    extra: &[(&str, &str)],
+) -> Result<(ServerConnection, Welcome), ServerError> {
     let stream = open(&target.addr).await?;
     let addr = stream.peer_addr()?;
     let mut conn = ServerConnection {
@@ -45,7 +53,7 @@ pub(super) async fn connect(target: &ServerTarget) -> Result<(ServerConnection, 
     };
     let mut out = BytesMut::new();
     let params = [("user", target.user.as_str()), ("database", target.database.as_str())];
-    frontend::startup_message(params.iter().copied(), &mut out)?;
+    frontend::startup_message(params.iter().chain(extra).copied(), &mut out)?;
     conn.write(&out).await?;
     authenticate(&mut conn, target).await?;
     let mut welcome = Welcome::default();
