@@ -36,6 +36,19 @@ pub enum StreamError {
     /// The server ended the stream or closed the connection.
     #[error("the server ended the replication stream")]
     Ended,
+    /// Creating the publication `FOR ALL TABLES` would make UPDATE and DELETE fail on these
+    /// tables, which have no replica identity (no primary key): sluice does not create it.
+    #[error(
+        "not creating publication \"{publication}\" FOR ALL TABLES: UPDATE and DELETE would then fail on \
+         tables without a replica identity ({tables}); give them a primary key (or REPLICA IDENTITY FULL), \
+         or create the publication yourself"
+    )]
+    NoReplicaIdentity {
+        /// The publication.
+        publication: String,
+        /// Some of the tables.
+        tables: String,
+    },
     /// A message that has no place at this point.
     #[error("unexpected message {:?} on the replication connection", char::from(*.0))]
     Unexpected(u8),
@@ -137,6 +150,18 @@ async fn timed<T>(
     tokio::time::timeout(limit, f).await.map_err(|_| StreamError::Timeout(what))?
 }
 
+/// Up to five tables a publication `FOR ALL TABLES` would include whose UPDATEs and DELETEs it
+/// would make fail (no replica identity), or NULL.
+const WITHOUT_IDENTITY: &str = "SELECT string_agg(name, ', ') FROM (\
+     SELECT format('%I.%I', n.nspname, c.relname) AS name FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' AND c.relpersistence = 'p' \
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%' \
+     AND (c.relreplident = 'n' \
+       OR (c.relreplident = 'd' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)) \
+       OR (c.relreplident = 'i' AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisreplident))) \
+     ORDER BY 1 LIMIT 5) s";
+
 /// Creates the publication `FOR ALL TABLES` unless one of that name exists (used as it is).
 async fn ensure_publication(conn: &mut ServerConnection, name: &str) -> Result<(), StreamError> {
     let exists = conn
@@ -144,6 +169,9 @@ async fn ensure_publication(conn: &mut ServerConnection, name: &str) -> Result<(
         .await?;
     if exists.is_some() {
         return Ok(());
+    }
+    if let Some(tables) = conn.run_internal_scalar(WITHOUT_IDENTITY).await? {
+        return Err(StreamError::NoReplicaIdentity { publication: name.to_owned(), tables });
     }
     match conn.run_internal(&format!("CREATE PUBLICATION \"{name}\" FOR ALL TABLES")).await {
         Ok(()) => {
