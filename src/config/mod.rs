@@ -363,8 +363,9 @@ pub struct CacheSection {
     /// With `logical`: the publication streamed (created `FOR ALL TABLES` if missing; an
     /// existing one is used as it is).
     pub logical_publication: String,
-    /// With `logical`: the temporary replication slot's name (default `sluice_<host>_<pid>`;
-    /// with several server databases, `_<n>` is appended per database). Each sluice
+    /// With `logical`: the temporary replication slot's name (default
+    /// `sluice_<host>_<pid>_<hash of the server database>`; when set and there are several
+    /// server databases, `_2`, `_3`... are appended for the second and later). Each sluice
     /// instance needs its own.
     pub logical_slot: Option<String>,
     /// With `logical`: the role the stream logs in as (needs REPLICATION; default: the

@@ -29,7 +29,7 @@
 //! sluice that dies leaves no slot holding WAL back on the primary. The cost is that changes
 //! committed while the stream is down cannot be replayed later, hence the flush on reconnect.
 //! Each sluice instance needs its own slot (a slot has one consumer): the default name is
-//! `sluice_<host>_<pid>`, unique per process.
+//! `sluice_<host>_<pid>_<hash of the server database>`, unique per process and database.
 
 pub mod decode;
 pub mod framer;
@@ -126,7 +126,7 @@ impl LogicalStreams {
 /// One stream per distinct server database of `config`, in configuration order.
 fn targets(config: &Config, users: &UserStore) -> Vec<StreamTarget> {
     let c = &config.cache;
-    let base = c.logical_slot.clone().unwrap_or_else(default_slot);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let mut out: Vec<StreamTarget> = Vec::new();
     for (name, db) in &config.databases {
         let dbname = db.dbname.clone().unwrap_or_else(|| name.clone());
@@ -145,7 +145,11 @@ fn targets(config: &Config, users: &UserStore) -> Vec<StreamTarget> {
             .clone()
             .or_else(|| db.password.clone())
             .or_else(|| users.get(&user).and_then(|s| s.plain()).map(str::to_owned));
-        let slot = if out.is_empty() { base.clone() } else { format!("{base}_{}", out.len() + 1) };
+        let slot = match &c.logical_slot {
+            Some(base) if out.is_empty() => base.clone(),
+            Some(base) => format!("{base}_{}", out.len() + 1),
+            None => default_slot(host.trim(), std::process::id(), &key),
+        };
         out.push(StreamTarget {
             key,
             server: ServerTarget {
@@ -165,23 +169,22 @@ fn targets(config: &Config, users: &UserStore) -> Vec<StreamTarget> {
     out
 }
 
-/// `sluice_<host>_<pid>`: unique per process on a primary shared by several hosts, within the
-/// 56 bytes the configuration allows (room for a `_<n>` suffix).
-fn default_slot() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    slot_name(host.trim(), std::process::id())
-}
-
-fn slot_name(host: &str, pid: u32) -> String {
+/// `sluice_<host>_<pid>_<hash of the server database>`: unique per process and database on a
+/// primary shared by several hosts, within the 63 bytes of a slot name.
+fn default_slot(host: &str, pid: u32, key: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let db = h.finish() as u32;
     let host: String = host
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
         .take(30)
         .collect();
     if host.is_empty() {
-        format!("sluice_{pid}")
+        format!("sluice_{pid}_{db:08x}")
     } else {
-        format!("sluice_{host}_{pid}")
+        format!("sluice_{host}_{pid}_{db:08x}")
     }
 }
 
@@ -191,10 +194,12 @@ mod tests {
 
     #[test]
     fn slot_names_are_valid_identifiers() {
-        assert_eq!(slot_name("db-1.Example.com", 42), "sluice_db_1_example_com_42");
-        assert_eq!(slot_name("", 7), "sluice_7");
-        let long = slot_name(&"h".repeat(200), u32::MAX);
-        assert!(long.len() <= 56, "{long}");
+        let a = default_slot("db-1.Example.com", 42, "127.0.0.1:5432/app");
+        assert!(a.starts_with("sluice_db_1_example_com_42_"), "{a}");
+        assert_ne!(a, default_slot("db-1.Example.com", 42, "127.0.0.1:5432/other"));
+        assert!(default_slot("", 7, "k").starts_with("sluice_7_"));
+        let long = default_slot(&"h".repeat(200), u32::MAX, "k");
+        assert!(long.len() <= 63 && long.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{long}");
     }
 
     #[test]
