@@ -191,6 +191,10 @@ const ALL: &[Setting] = &[
     fixed!(cache.backend, ToString::to_string),
     fixed!(cache.redis_url, ToString::to_string),
     fixed!(cache.invalidation_source, ToString::to_string),
+    fixed!(cache.logical_publication, ToString::to_string),
+    fixed!(cache.logical_slot, opt_text),
+    fixed!(cache.logical_user, opt_text),
+    fixed!(cache.logical_status_interval, ToString::to_string),
 ];
 
 /// The setting named `key` (dotted, case-insensitive).

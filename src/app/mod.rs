@@ -95,6 +95,9 @@ pub struct Shared {
     pub limits: ClientLimits,
     /// Connections still logging in.
     pub pending_logins: PendingLogins,
+    /// The logical replication streams invalidating the cache (`invalidation_source =
+    /// "logical"`).
+    pub logical: crate::cache::logical::LogicalStreams,
     clients: AtomicUsize,
 }
 
@@ -117,9 +120,10 @@ impl Shared {
         self.tls.store(Arc::new(tls));
         self.config.store(Arc::new(config));
         self.routing.reconfigure(&self.config.load(), &users);
-        self.users.store(users);
         self.auth_query.clear();
         self.reconfigure_cache();
+        self.logical.sync(&self.config.load(), &users, self.cache.as_ref(), &self.tls);
+        self.users.store(users);
         tracing::info!("configuration reloaded");
         Ok(())
     }
@@ -207,8 +211,12 @@ impl Sluice {
             limits: ClientLimits::default(),
             pending_logins: PendingLogins::default(),
             cache,
+            logical: Default::default(),
             clients: AtomicUsize::new(0),
         });
+        // Before any session can start: a database followed by a stream is suspended until it
+        // streams.
+        shared.logical.sync(&shared.config.load(), &shared.users.load(), shared.cache.as_ref(), &shared.tls);
         let metrics = metrics_addr.map(|a| crate::metrics::install(a, shared.clone())).transpose()?;
         let sluice = Sluice {
             shared,
@@ -259,6 +267,7 @@ impl Sluice {
         }
         self.shared.pools.close_all();
         self.shared.routing.stop();
+        self.shared.logical.stop();
     }
 
     /// Resolves when every session has ended after [`Sluice::shutdown`].

@@ -96,6 +96,9 @@ pub struct DatabaseGenerations {
     /// Bare name → bare names also bumped when it is.
     dependents: DashMap<Box<str>, Box<[Box<str>]>>,
     has_dependents: AtomicBool,
+    /// While set, no snapshot is current: changes may be happening that nothing reports (the
+    /// logical replication stream that would report them is down).
+    suspended: AtomicBool,
 }
 
 impl DatabaseGenerations {
@@ -110,6 +113,7 @@ impl DatabaseGenerations {
             commits: AtomicU64::new(0),
             dependents: DashMap::new(),
             has_dependents: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
         }
     }
 
@@ -156,6 +160,24 @@ impl DatabaseGenerations {
     pub fn bump_all(&self) {
         self.everything.fetch_add(1, AcqRel);
         self.commits.fetch_add(1, AcqRel);
+    }
+
+    /// Stops every entry of this database from being served or stored, until
+    /// [`resume`](Self::resume): for while writes may be committed that no bump will report.
+    pub fn suspend(&self) {
+        self.suspended.store(true, Release);
+    }
+
+    /// Ends a [`suspend`](Self::suspend): bumps the whole database first (whatever was read
+    /// before, or during, the suspension is never served), then lets snapshots be current again.
+    pub fn resume(&self) {
+        self.bump_all();
+        self.suspended.store(false, Release);
+    }
+
+    /// Whether [`suspend`](Self::suspend)ed.
+    pub fn is_suspended(&self) -> bool {
+        self.suspended.load(Acquire)
     }
 
     /// How many writes that may have changed any table (or object) were committed: it only
@@ -227,9 +249,12 @@ pub struct GenSnapshot {
 
 impl GenSnapshot {
     /// Whether no table of this snapshot was bumped, and the whole database was not, since it
-    /// was taken. Answers from the commit sequence alone when nothing at all was committed
+    /// was taken, and the database is not suspended. Answers from the commit sequence alone when nothing at all was committed
     /// since; otherwise one load per table.
     pub fn is_current(&self) -> bool {
+        if self.db.suspended.load(Acquire) {
+            return false;
+        }
         if self.db.commits.load(Acquire) == self.commit {
             return true;
         }
@@ -324,6 +349,18 @@ mod tests {
         let g = db();
         g.bump(&["never_read"]);
         assert_eq!(g.tables(), 0);
+    }
+
+    #[test]
+    fn nothing_is_current_while_suspended_nor_after_resume() {
+        let g = db();
+        let before = g.snapshot(&["t"]);
+        g.suspend();
+        let during = g.snapshot(&["t"]);
+        assert!(!before.is_current() && !during.is_current());
+        g.resume();
+        assert!(!before.is_current() && !during.is_current(), "resume bumps everything");
+        assert!(g.snapshot(&["t"]).is_current());
     }
 
     #[test]

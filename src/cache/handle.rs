@@ -42,6 +42,33 @@ impl CacheHandle {
         self.store.load()
     }
 
+    /// Writes committed outside sluice changed `tables` of the server database `database`
+    /// (the generations key, `primary/dbname`): entries that read one of them stop being
+    /// served. Names may be qualified; they count by their bare relation name, as writes
+    /// through sluice do.
+    pub fn invalidate_tables(&self, database: &str, tables: &[&str]) {
+        self.generations.database(database).bump(tables);
+    }
+
+    /// Anything in the server database `database` may have changed: none of its entries is
+    /// served any more.
+    pub fn invalidate_all(&self, database: &str) {
+        self.generations.database(database).bump_all();
+    }
+
+    /// Changes to `database` may go unreported for a while (the stream that reports them is
+    /// down): nothing of it is served or stored until [`resume`](Self::resume).
+    pub fn suspend(&self, database: &str) {
+        self.generations.database(database).suspend();
+    }
+
+    /// Changes to `database` are reported again: everything from before is dropped
+    /// ([`invalidate_all`](Self::invalidate_all)) and the cache serves it again.
+    pub fn resume(&self, database: &str) {
+        self.invalidate_all(database);
+        self.generations.database(database).resume();
+    }
+
     /// Takes new settings: an empty store replaces the current one if they differ. Returns
     /// whether it did.
     pub fn reconfigure(&self, settings: CacheSettings) -> bool {

@@ -12,6 +12,8 @@
 //!   forgotten at its rollback;
 //! - [`capture`]: the bytes of a response, gathered while they are relayed, within a size cap;
 //! - [`handle`]: [`CacheHandle`], the store and generations as the process shares them;
+//! - [`logical`]: invalidation from the primary's logical replication stream, for writes that
+//!   do not pass through sluice (`invalidation_source = "logical"`);
 //! - [`relations`]: which relations reads may be cached over (tables, not views), learned
 //!   from the server's catalog;
 //! - [`store`]: [`ResultCache`], the bounded store (moka, TinyLFU, weighed in bytes, an expiry
@@ -45,6 +47,12 @@
 //! changed indirectly (triggers, rules, `ON DELETE CASCADE`, a view over a written table, a
 //! partition written by its own name while the parent is read) are bounded only by the TTL,
 //! unless the integrator declares them with [`DatabaseGenerations::add_dependent`].
+//!
+//! With `invalidation_source = "logical"` ([`logical`]), the primary's replication stream
+//! reports every row change, wherever it came from, by the table it changed: writes made
+//! elsewhere, triggers, rules and cascades are then seen too (a view, or a parent read while
+//! its partition is written, still is not: the stream names the table, and the leaf
+//! partition).
 
 pub mod capture;
 pub mod eligibility;
@@ -52,6 +60,7 @@ mod error;
 pub mod generations;
 pub mod handle;
 pub mod key;
+pub mod logical;
 pub mod relations;
 pub mod settings;
 pub mod store;

@@ -329,8 +329,13 @@ fn postgresql_conf(
         ("synchronous_commit".into(), "off".into()),
         ("full_page_writes".into(), "off".into()),
         ("max_connections".into(), opts.max_connections.to_string()),
-        ("wal_level".into(), "replica".into()),
-        ("max_wal_senders".into(), "10".into()),
+        // Logical is a superset of replica: the streaming replica works as before, and sluice's
+        // logical invalidation (`cache.invalidation_source = "logical"`) can stream too.
+        ("wal_level".into(), "logical".into()),
+        // Headroom: the replica takes one sender; each sluice with logical invalidation takes
+        // a sender and a (temporary) slot per database, and tests run several at once.
+        ("max_wal_senders".into(), "30".into()),
+        ("max_replication_slots".into(), "30".into()),
         ("wal_keep_size".into(), "256MB".into()),
         ("hot_standby".into(), "on".into()),
         // A replica whose primary restarted reconnects quickly (default 5s).

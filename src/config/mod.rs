@@ -381,6 +381,21 @@ pub struct CacheSection {
     pub redis_url: String,
     /// proxy | logical
     pub invalidation_source: String,
+    /// With `logical`: the publication streamed (created `FOR ALL TABLES` if missing; an
+    /// existing one is used as it is).
+    pub logical_publication: String,
+    /// With `logical`: the temporary replication slot's name (default
+    /// `sluice_<host>_<pid>_<hash of the server database>`; when set and there are several
+    /// server databases, `_2`, `_3`... are appended for the second and later). Each sluice
+    /// instance needs its own.
+    pub logical_slot: Option<String>,
+    /// With `logical`: the role the stream logs in as (needs REPLICATION; default: the
+    /// database's `user`, else the first of `server.admin_users`).
+    pub logical_user: Option<String>,
+    /// Its password (default: the database's `password`, else the user's from `[auth]`).
+    pub logical_password: Option<String>,
+    /// With `logical`: how often the stream confirms its position to the primary.
+    pub logical_status_interval: ConfigDuration,
 }
 
 impl Default for CacheSection {
@@ -394,6 +409,11 @@ impl Default for CacheSection {
             backend: "memory".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
             invalidation_source: "proxy".into(),
+            logical_publication: "sluice".into(),
+            logical_slot: None,
+            logical_user: None,
+            logical_password: None,
+            logical_status_interval: ConfigDuration(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -528,8 +548,20 @@ impl Config {
         if self.cache.enabled && self.cache.backend != "memory" {
             return Err(invalid("cache.backend", "only \"memory\" is supported so far"));
         }
-        if self.cache.enabled && self.cache.invalidation_source != "proxy" {
-            return Err(invalid("cache.invalidation_source", "only \"proxy\" is supported so far"));
+        if self.cache.invalidation_source == "logical" {
+            let ident = |v: &str| {
+                !v.is_empty() && v.len() < 64 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            };
+            if !ident(&self.cache.logical_publication) {
+                return Err(invalid("cache.logical_publication", "must be 1-63 of [a-z0-9_]"));
+            }
+            // Room for the `_<n>` suffix added per server database.
+            if self.cache.logical_slot.as_deref().is_some_and(|s| !ident(s) || s.len() > 56) {
+                return Err(invalid("cache.logical_slot", "must be 1-56 of [a-z0-9_]"));
+            }
+            if self.cache.logical_status_interval.0.is_zero() {
+                return Err(invalid("cache.logical_status_interval", "must be above zero"));
+            }
         }
         Ok(())
     }
@@ -567,6 +599,16 @@ mod tests {
         assert!(err.contains("query_wait_timeout"), "{err}");
         let err = Config::from_toml("[databases.x]\nprimary = \"nope\"\n").unwrap_err().to_string();
         assert!(err.contains("databases.x.primary"), "{err}");
+    }
+
+    #[test]
+    fn logical_invalidation_keys() {
+        let c = Config::from_toml("[cache]\nenabled = true\ninvalidation_source = \"logical\"\n").unwrap();
+        assert_eq!(c.cache.logical_publication, "sluice");
+        let err = Config::from_toml("[cache]\ninvalidation_source = \"logical\"\nlogical_slot = \"Bad-Name\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache.logical_slot"), "{err}");
     }
 
     #[test]

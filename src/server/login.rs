@@ -29,6 +29,15 @@ pub(super) async fn connect(
     target: &ServerTarget,
     tls: Option<&crate::tls::ServerTls>,
 ) -> Result<(ServerConnection, Welcome), ServerError> {
+    connect_with(target, tls, &[]).await
+}
+
+/// Like [`connect`], with `extra` startup parameters (e.g. `replication=database`).
+pub(super) async fn connect_with(
+    target: &ServerTarget,
+    tls: Option<&crate::tls::ServerTls>,
+    extra: &[(&str, &str)],
+) -> Result<(ServerConnection, Welcome), ServerError> {
     let tcp = open(&target.addr).await?;
     let stream = match tls {
         Some(tls) => crate::tls::connect(tcp, tls, &target.addr).await?,
@@ -53,7 +62,7 @@ pub(super) async fn connect(
     };
     let mut out = BytesMut::new();
     let params = [("user", target.user.as_str()), ("database", target.database.as_str())];
-    frontend::startup_message(params.iter().copied(), &mut out)?;
+    frontend::startup_message(params.iter().chain(extra).copied(), &mut out)?;
     conn.write(&out).await?;
     authenticate(&mut conn, target).await?;
     let mut welcome = Welcome::default();

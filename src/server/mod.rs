@@ -361,6 +361,20 @@ impl Drop for ServerConnection {
     }
 }
 
+/// Opens a logical replication connection (`replication=database`) to `target` and logs in:
+/// it takes replication commands and simple-protocol SQL. The role needs REPLICATION.
+///
+/// # Errors
+/// [`ServerError`] when the server cannot be reached or refuses the login.
+pub async fn connect_replication(
+    target: &ServerTarget,
+    tls: Option<&crate::tls::ServerTls>,
+) -> Result<ServerConnection, ServerError> {
+    login::connect_with(target, tls, &[("replication", "database"), ("application_name", "sluice_logical")])
+        .await
+        .map(|(conn, _)| conn)
+}
+
 /// Sends a CancelRequest for `key` to the server at `addr` on a new connection.
 ///
 /// # Errors

@@ -124,7 +124,10 @@ pub(super) async fn login(
     let params = session_params(&pool, &requested).await?;
 
     let cache = ctx.cache.as_ref().map(|handle| {
-        let server_database = format!("{}/{}", db.primary, db.dbname.as_deref().unwrap_or(&startup.database));
+        let server_database = crate::cache::logical::server_database_key(
+            &db.primary,
+            db.dbname.as_deref().unwrap_or(&startup.database),
+        );
         let classifier = ctx.routing.load().classifier.clone();
         let identity = [startup.database.as_str(), server_user.as_str(), startup.user.as_str()];
         SessionCache::new(handle.clone(), classifier, &server_database, identity, &params)
