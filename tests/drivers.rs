@@ -12,7 +12,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The pinned driver versions.
@@ -81,12 +81,35 @@ async fn run_workload(script: &str, port: u16, db: &str) -> String {
     for var in ["PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD", "PGSERVICE", "PGOPTIONS", "PGSSLMODE", "PGAPPNAME"] {
         cmd.env_remove(var);
     }
-    cmd.env("PYTHONUNBUFFERED", "1").stdin(Stdio::null()).kill_on_drop(true);
+    cmd.env("PYTHONUNBUFFERED", "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let start = Instant::now();
-    let out = tokio::time::timeout(SCRIPT_LIMIT, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} against port {port} did not finish within {SCRIPT_LIMIT:?}"))
-        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {script}: {e}"));
+    // Read the output as it comes, so that a hang still shows how far the script got.
+    let (stdout, stderr) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let readers = [
+        collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), stdout.clone()),
+        collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>), stderr.clone()),
+    ];
+    let status = match tokio::time::timeout(SCRIPT_LIMIT, child.wait()).await {
+        Ok(status) => status.unwrap_or_else(|e| panic!("running {script}: {e}")),
+        Err(_) => {
+            let _ = child.kill().await;
+            let shown = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+            panic!(
+                "{script} against port {port} did not finish within {SCRIPT_LIMIT:?}\n--- stdout\n{}--- stderr\n{}",
+                shown(&stdout),
+                shown(&stderr)
+            );
+        }
+    };
+    for r in readers {
+        let _ = r.await;
+    }
+    let out = std::process::Output {
+        status,
+        stdout: std::mem::take(&mut *stdout.lock().unwrap()),
+        stderr: std::mem::take(&mut *stderr.lock().unwrap()),
+    };
     let text = format!(
         "--- stdout\n{}--- stderr\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -95,6 +118,23 @@ async fn run_workload(script: &str, port: u16, db: &str) -> String {
     assert!(out.status.success(), "{script} against port {port} (db {db}) failed ({}):\n{text}", out.status);
     println!("{script} against port {port}: passed in {:.1?}\n{text}", start.elapsed());
     text
+}
+
+/// Copies what `pipe` gives into `into` until it ends.
+fn collect(
+    pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>,
+    into: Arc<Mutex<Vec<u8>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(mut pipe) = pipe else { return };
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut pipe, &mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    })
 }
 
 /// Sets its flag when dropped, also when the test panics, so the watcher thread ends (a runtime
