@@ -12,6 +12,8 @@
 //!   forgotten at its rollback;
 //! - [`capture`]: the bytes of a response, gathered while they are relayed, within a size cap;
 //! - [`handle`]: [`CacheHandle`], the store and generations as the process shares them;
+//! - [`remote`]: [`RemoteCache`], the Redis backend: entries and generations shared by every
+//!   instance pointed at one Redis, bypassed while it is unreachable;
 //! - [`relations`]: which relations reads may be cached over (tables, not views), learned
 //!   from the server's catalog;
 //! - [`store`]: [`ResultCache`], the bounded store (moka, TinyLFU, weighed in bytes, an expiry
@@ -53,6 +55,7 @@ pub mod generations;
 pub mod handle;
 pub mod key;
 pub mod relations;
+pub mod remote;
 pub mod settings;
 pub mod store;
 #[cfg(test)]
@@ -68,4 +71,5 @@ pub use handle::CacheHandle;
 pub use key::{bind_parameters, CacheKey, Request, SessionKey};
 pub use settings::{CacheMode, CacheSettings};
 pub use store::ResultCache;
-pub use writes::WriteSet;
+pub use remote::{RemoteCache, RemoteKey};
+pub use writes::{BumpSink, WriteSet};

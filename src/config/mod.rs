@@ -358,6 +358,8 @@ pub struct CacheSection {
     pub backend: String,
     /// Redis address.
     pub redis_url: String,
+    /// How long a Redis operation may take before the cache is bypassed (backend = "redis").
+    pub redis_timeout: ConfigDuration,
     /// proxy | logical
     pub invalidation_source: String,
 }
@@ -372,6 +374,7 @@ impl Default for CacheSection {
             max_result_bytes: ByteSize(1 << 20),
             backend: "memory".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_timeout: ConfigDuration(std::time::Duration::from_millis(50)),
             invalidation_source: "proxy".into(),
         }
     }
@@ -499,8 +502,13 @@ impl Config {
         one_of("cache.mode", &self.cache.mode, &["all", "hint"])?;
         one_of("cache.backend", &self.cache.backend, &["memory", "redis"])?;
         one_of("cache.invalidation_source", &self.cache.invalidation_source, &["proxy", "logical"])?;
-        if self.cache.enabled && self.cache.backend != "memory" {
-            return Err(invalid("cache.backend", "only \"memory\" is supported so far"));
+        if self.cache.enabled && self.cache.backend == "redis" {
+            if let Err(e) = redis::Client::open(self.cache.redis_url.as_str()) {
+                return Err(invalid("cache.redis_url", &e.to_string()));
+            }
+            if self.cache.redis_timeout.0.is_zero() {
+                return Err(invalid("cache.redis_timeout", "must be above zero"));
+            }
         }
         if self.cache.enabled && self.cache.invalidation_source != "proxy" {
             return Err(invalid("cache.invalidation_source", "only \"proxy\" is supported so far"));
