@@ -20,8 +20,9 @@
 //!
 //! # One round trip per lookup
 //!
-//! A lookup runs one script that returns the entry (if any) and the current values of the
-//! epoch, the database counter and its tables' counters. A hit is an entry whose values equal
+//! A lookup reads the entry (if any) and the current values of the epoch, the database counter
+//! and its tables' counters with one MGET; only when a counter does not exist yet does it run a
+//! script that creates the missing ones and returns the same. A hit is an entry whose values equal
 //! the current ones; on a miss the values are the snapshot its fill is stored under. A fill is
 //! stored by another script only if the counters still have the snapshot's values (a commit
 //! bumped since would make it stale), and a lookup rechecks them anyway.
@@ -273,16 +274,28 @@ impl RemoteCache {
             return Err(RemoteError::Down);
         }
         let counters: Arc<[Vec<u8>]> = counter_keys(database, tables).into();
-        let mut inv = self.lookup.key(key.redis_key());
-        for c in counters.iter() {
-            inv.key(c.as_slice());
-        }
-        for _ in counters.iter() {
-            inv.arg(fresh());
-        }
-        inv.arg(COUNTER_TTL.as_millis() as u64);
+        let entry_key = key.redis_key();
         let mut conn = self.connection();
-        let answer: Vec<Vec<u8>> = self.bounded(async { inv.invoke_async(&mut conn).await }).await?;
+        // Plain reads first (no script runs on a hit); a missing counter needs the script.
+        let mut get = redis::cmd("MGET");
+        get.arg(entry_key.as_slice());
+        for c in counters.iter() {
+            get.arg(c.as_slice());
+        }
+        let read: Vec<Option<Vec<u8>>> = self.bounded(get.query_async(&mut conn)).await?;
+        let answer: Vec<Vec<u8>> = if read.len() == counters.len() + 1 && read[1..].iter().all(Option::is_some) {
+            read.into_iter().map(Option::unwrap_or_default).collect()
+        } else {
+            let mut inv = self.lookup.key(entry_key);
+            for c in counters.iter() {
+                inv.key(c.as_slice());
+            }
+            for _ in counters.iter() {
+                inv.arg(fresh());
+            }
+            inv.arg(COUNTER_TTL.as_millis() as u64);
+            self.bounded(async { inv.invoke_async(&mut conn).await }).await?
+        };
         let Some((entry, values)) = answer.split_first() else { return self.failed(RemoteError::Unexpected) };
         if values.len() != counters.len() {
             return self.failed(RemoteError::Unexpected);

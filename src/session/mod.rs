@@ -490,7 +490,7 @@ impl Running {
                 cached::Lookup::Bypass => return Ok(CacheStep::Pass),
                 cached::Lookup::ReadMore => read_client(c, &self.stops).await?,
                 cached::Lookup::Remote => {
-                    return match cache.remote_lookup().await {
+                    return match cache.remote_lookup(&c.buf, max, &c.statements).await {
                         cached::Lookup::Hit { response, len } => {
                             bytes::Buf::advance(&mut c.buf, len);
                             c.send(&response).await?;

@@ -67,6 +67,8 @@ struct Pending {
     key: RemoteKey,
     classification: Arc<Classification>,
     len: usize,
+    ttl: Duration,
+    unresolved: Option<Unresolved>,
 }
 
 /// Tables this session's commits wrote, to bump in the shared backend before the client hears
@@ -217,12 +219,9 @@ impl SessionCache {
                 return Lookup::Bypass;
             }
             let key = RemoteKey::new(&self.key, key_request);
-            let mut fill = Fill::new(arc_swap::Guard::into_inner(store), &self.key, &request, FillSnapshot::Pending, ttl);
-            if !unresolved.is_empty() {
-                fill.unresolved = Some(Unresolved { search_path: search_path.into(), epoch, names: unresolved });
-            }
-            self.fill = Some(fill);
-            self.pending = Some(Pending { key, classification, len: request.len });
+            let unresolved = (!unresolved.is_empty())
+                .then(|| Unresolved { search_path: search_path.into(), epoch, names: unresolved });
+            self.pending = Some(Pending { key, classification, len: request.len, ttl, unresolved });
             return Lookup::Remote;
         }
         let key = store.key(&self.key, key_request);
@@ -241,32 +240,29 @@ impl SessionCache {
 
     /// Answers the lookup [`lookup`](Self::lookup) left for the shared backend: a hit, a fill
     /// (under the generations read in the same round trip, before the read is sent), or a
-    /// bypass when the backend fails or is down.
+    /// bypass when the backend fails or is down. `buf`, `max_message` and `statements` are
+    /// what `lookup` was given (the request is still at the start of `buf`).
     ///
     /// # Cancel safety
     ///
-    /// Dropped, it leaves no lookup pending (the fill it prepared may remain: drop it with
-    /// [`drop_fill`](Self::drop_fill)).
-    pub(crate) async fn remote_lookup(&mut self) -> Lookup {
-        let (Some(p), Some(remote)) = (self.pending.take(), self.remote.clone()) else {
-            self.fill = None;
-            return Lookup::Bypass;
-        };
+    /// Dropped, it leaves no lookup pending and no fill.
+    pub(crate) async fn remote_lookup(&mut self, buf: &[u8], max_message: u32, statements: &ClientStatements) -> Lookup {
+        self.fill = None;
+        let (Some(p), Some(remote)) = (self.pending.take(), self.remote.clone()) else { return Lookup::Bypass };
         match remote.lookup(&self.server_database, &p.key, &p.classification.tables).await {
-            Ok(Found::Hit(response)) => {
-                self.fill = None;
-                Lookup::Hit { response, len: p.len }
+            Ok(Found::Hit(response)) => Lookup::Hit { response, len: p.len },
+            Ok(Found::Miss(snapshot)) => {
+                // The fill is built only now: a hit needs none.
+                let Judged::Cacheable(request) = segment::judge(buf, max_message, statements) else { return Lookup::Bypass };
+                let snapshot = FillSnapshot::Remote { backend: remote, key: p.key, snapshot };
+                let store = arc_swap::Guard::into_inner(self.handle.store());
+                let mut fill = Fill::new(store, &self.key, &request, snapshot, p.ttl);
+                fill.unresolved = p.unresolved;
+                self.fill = Some(fill);
+                Lookup::Fill
             }
-            Ok(Found::Miss(snapshot)) => match self.fill.as_mut() {
-                Some(fill) => {
-                    fill.snapshot = FillSnapshot::Remote { backend: remote, key: p.key, snapshot };
-                    Lookup::Fill
-                }
-                None => Lookup::Bypass,
-            },
             Err(e) => {
                 tracing::trace!(error = %e, "cache backend lookup failed; the read bypasses the cache");
-                self.fill = None;
                 Lookup::Bypass
             }
         }
@@ -448,8 +444,6 @@ enum FillSnapshot {
     Local(GenSnapshot),
     /// The shared backend's, with the entry's key there.
     Remote { backend: Arc<RemoteCache>, key: RemoteKey, snapshot: RemoteSnapshot },
-    /// Not read yet (the lookup is in flight): nothing will be stored.
-    Pending,
 }
 
 /// A miss being answered by the primary, gathered to be stored.
@@ -585,7 +579,6 @@ impl Fill {
                 });
                 return;
             }
-            FillSnapshot::Pending => return,
         };
         let request = match &self.bind {
             None => KeyRequest::Simple { text: &self.spec },
