@@ -504,7 +504,7 @@ impl Config {
         one_of("cache.invalidation_source", &self.cache.invalidation_source, &["proxy", "logical"])?;
         if self.cache.enabled && self.cache.backend == "redis" {
             if let Err(e) = redis::Client::open(self.cache.redis_url.as_str()) {
-                return Err(invalid("cache.redis_url", &e.to_string()));
+                return Err(invalid("cache.redis_url", e.to_string()));
             }
             if self.cache.redis_timeout.0.is_zero() {
                 return Err(invalid("cache.redis_timeout", "must be above zero"));
