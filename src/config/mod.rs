@@ -552,6 +552,18 @@ mod tests {
     }
 
     #[test]
+    fn the_redis_backend_is_accepted_and_its_keys_checked() {
+        let base = "[databases.app]\nprimary = \"127.0.0.1:5432\"\n[cache]\nenabled = true\nbackend = \"redis\"\n";
+        let c = Config::from_toml(&format!("{base}redis_url = \"redis://10.0.0.1:6380\"\nredis_timeout = \"20ms\"\n")).unwrap();
+        assert_eq!(c.cache.redis_timeout.0, std::time::Duration::from_millis(20));
+        assert_eq!(Config::from_toml(base).unwrap().cache.redis_timeout.0, std::time::Duration::from_millis(50));
+        let err = Config::from_toml(&format!("{base}redis_url = \"http://nope\"\n")).unwrap_err().to_string();
+        assert!(err.contains("cache.redis_url"), "{err}");
+        let err = Config::from_toml(&format!("{base}redis_timeout = \"0s\"\n")).unwrap_err().to_string();
+        assert!(err.contains("cache.redis_timeout"), "{err}");
+    }
+
+    #[test]
     fn several_listen_addresses() {
         let c = Config::from_toml("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n").unwrap();
         assert_eq!(c.listen_addrs().len(), 2);
