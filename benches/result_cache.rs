@@ -11,6 +11,9 @@
 //! - hot primary-key read: `select v from t where k = :k`, 100 distinct `:k`;
 //! - hot dashboard read: `select count(*), sum(v), max(v) from t where k between :lo and :hi`,
 //!   a range of 2,001 rows, 100 distinct ranges;
+//! - hot primary-key read through a sluice with `backend = "redis"` (a redis-server of the
+//!   benchmark's own, no persistence, default `redis_timeout`), a fourth target of that
+//!   scenario only: every hit is a round trip to Redis;
 //! - memory bound (cache-on, 4MB sluice only): `select v, repeat('x', 500) from t where k = :k`
 //!   over a million distinct keys, sampling `sluice_cache_bytes` and the process's RSS.
 //!
@@ -20,10 +23,11 @@
 //! compared with the primary's (miss, hit, and after a write through sluice).
 //!
 //! Prints a markdown table (direct / cache off / cache on tps, ratios, hit ratio, p99, errors),
-//! per-run details and the targets: dashboard cache-on ≥ 5× direct, primary-key read cache-on
-//! ≥ 1.3× direct, cache bytes within `max_memory`.
+//! per-run details, a table of the hot primary-key read by backend (memory / redis / direct) and
+//! the targets: dashboard cache-on ≥ 5× direct, primary-key read cache-on ≥ 1.3× direct,
+//! primary-key read through Redis ≥ 1.5× direct, cache bytes within `max_memory`.
 //!
-//! Needs the Postgres server binaries (pgbench and psql included). Every process started here is
+//! Needs the Postgres server binaries (pgbench and psql included) and redis-server. Every process started here is
 //! killed when the benchmark ends, also on a panic; the Postgres server also dies with this
 //! process (see `sluice::cluster`). All ports are free ports picked at start.
 //!
@@ -74,6 +78,7 @@ fn main() {
 enum Target {
     Off,
     On,
+    Redis,
     Direct,
 }
 
@@ -82,6 +87,7 @@ impl Target {
         match self {
             Target::Off => "cache off",
             Target::On => "cache on",
+            Target::Redis => "cache on (redis)",
             Target::Direct => "direct",
         }
     }
@@ -94,15 +100,27 @@ struct Sluice {
 }
 
 /// Starts the release build of sluice in front of `primary` (transaction mode, pool [`POOL`],
-/// trust), with the cache off (`cache = None`) or on with that `max_memory`.
-fn start_sluice(dir: &Path, primary: u16, name: &'static str, tag: &str, cache: Option<&str>) -> Result<Sluice> {
+/// trust), with the cache off (`cache = None`) or on with that `max_memory`, in memory or (with
+/// `redis`, a port) in Redis.
+fn start_sluice(
+    dir: &Path,
+    primary: u16,
+    name: &'static str,
+    tag: &str,
+    cache: Option<&str>,
+    redis: Option<u16>,
+) -> Result<Sluice> {
     let port = free_port()?;
     let metrics_port = free_port()?;
     let file = dir.join(format!("sluice-{tag}.toml"));
     let log = dir.join(format!("sluice-{tag}.log"));
     let cache_section = match cache {
         Some(max_memory) => {
-            format!("[cache]\nenabled = true\nttl = \"{TTL}\"\nmax_memory = \"{max_memory}\"\n")
+            let backend = match redis {
+                Some(port) => format!("backend = \"redis\"\nredis_url = \"redis://127.0.0.1:{port}\"\n"),
+                None => String::new(),
+            };
+            format!("[cache]\nenabled = true\nttl = \"{TTL}\"\nmax_memory = \"{max_memory}\"\n{backend}")
         }
         None => "[cache]\nenabled = false\n".to_string(),
     };
@@ -169,6 +187,36 @@ impl Counters {
     fn hit_ratio(self) -> Option<f64> {
         let total = self.hits + self.misses;
         (total > 0).then(|| self.hits as f64 / total as f64)
+    }
+}
+
+/// A redis-server without persistence on a free port, killed with the benchmark.
+fn start_redis(dir: &Path) -> Result<Proc> {
+    let port = free_port()?;
+    let log = dir.join("redis.log");
+    let out = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("redis-server");
+    let child = die_with_parent(&mut cmd)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting redis-server (is it installed?): {e}"))?;
+    Proc { name: "redis-server", port, child, log }.wait_listening()
+}
+
+/// Waits until a sluice's Redis backend is up (`sluice_cache_backend_up 1`), at most 20 s.
+fn wait_backend_up(s: &Sluice) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if scrape(s.metrics_port).and_then(|t| metric(&t, "sluice_cache_backend_up", &[])).is_ok_and(|v| v == 1) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("the redis cache backend never came up".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -327,12 +375,16 @@ fn run(secs: u64) -> Result<()> {
     let dash_f = write_script(wdir, "dash.sql", DASH_SQL)?.display().to_string();
     let wide_f = write_script(wdir, "wide.sql", WIDE_SQL)?.display().to_string();
 
-    let mut off = start_sluice(wdir, pport, "sluice (cache off)", "off", None)?;
-    let mut on = start_sluice(wdir, pport, "sluice (cache on)", "on", Some("256MB"))?;
-    let mut small = start_sluice(wdir, pport, "sluice (cache on, 4MB)", "small", Some(SMALL_MEMORY))?;
+    let redis = start_redis(wdir)?;
+    let mut off = start_sluice(wdir, pport, "sluice (cache off)", "off", None, None)?;
+    let mut on = start_sluice(wdir, pport, "sluice (cache on)", "on", Some("256MB"), None)?;
+    let mut small = start_sluice(wdir, pport, "sluice (cache on, 4MB)", "small", Some(SMALL_MEMORY), None)?;
+    let mut remote = start_sluice(wdir, pport, "sluice (cache on, redis)", "redis", Some("256MB"), Some(redis.port))?;
+    wait_backend_up(&remote)?;
 
     eprintln!("checking answers through the cache against the primary ...");
     let check = check_results(&bins, pport, &on)?;
+    let check_redis = check_results(&bins, pport, &remote)?;
 
     let clients = CLIENTS.to_string();
     let common: Vec<&str> = vec!["-n", "-c", &clients];
@@ -340,6 +392,14 @@ fn run(secs: u64) -> Result<()> {
     let protocols: [(&str, &[&str]); 2] = [("simple", &[]), ("prepared", &["-M", "prepared"])];
     let args_of = |script: &str, proto: &[&str]| -> Vec<String> {
         common.iter().copied().chain(proto.iter().copied()).chain(["-f", script]).map(str::to_owned).collect()
+    };
+    // The Redis backend runs in the hot primary-key scenario only.
+    let targets_of = |name: &str| -> &'static [Target] {
+        if name == "hot primary-key read" {
+            &[Target::Off, Target::On, Target::Redis, Target::Direct]
+        } else {
+            &[Target::Off, Target::On, Target::Direct]
+        }
     };
 
     // Warm-up, not reported: Postgres' buffers, the pools' server connections, the cache's
@@ -349,12 +409,13 @@ fn run(secs: u64) -> Result<()> {
         for (proto, pargs) in &protocols {
             let args = args_of(script, pargs);
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            for target in [Target::Off, Target::On, Target::Direct] {
+            for &target in targets_of(name) {
                 check_interrupted()?;
                 eprintln!("warm-up: {warm} s {name} ({proto}), {} ...", target.label());
                 let (port, db) = match target {
                     Target::Off => (off.proc.port, DB),
                     Target::On => (on.proc.port, DB),
+                    Target::Redis => (remote.proc.port, DB),
                     Target::Direct => (pport, "postgres"),
                 };
                 pgbench(&bins, port, db, &args, warm, wdir, None, &mut || {})?;
@@ -370,9 +431,9 @@ fn run(secs: u64) -> Result<()> {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let mut runs = Vec::new();
             for rep in 0..REPEATS {
-                for target in [Target::Off, Target::On, Target::Direct] {
+                for &target in targets_of(name) {
                     check_interrupted()?;
-                    for s in [&mut off, &mut on] {
+                    for s in [&mut off, &mut on, &mut remote] {
                         if !s.proc.is_running() {
                             return Err(format!("{} died:\n{}", s.proc.name, tail(&s.proc.log, 20)));
                         }
@@ -381,10 +442,11 @@ fn run(secs: u64) -> Result<()> {
                     let (o, cache) = match target {
                         Target::Direct => (pgbench(&bins, pport, "postgres", &args, secs, wdir, None, &mut || {})?, None),
                         Target::Off => (pgbench(&bins, off.proc.port, DB, &args, secs, wdir, Some(&off.proc), &mut || {})?, None),
-                        Target::On => {
-                            let before = Counters::read(&on)?;
-                            let o = pgbench(&bins, on.proc.port, DB, &args, secs, wdir, Some(&on.proc), &mut || {})?;
-                            (o, Some(Counters::read(&on)?.since(before)))
+                        Target::On | Target::Redis => {
+                            let s = if target == Target::On { &on } else { &remote };
+                            let before = Counters::read(s)?;
+                            let o = pgbench(&bins, s.proc.port, DB, &args, secs, wdir, Some(&s.proc), &mut || {})?;
+                            (o, Some(Counters::read(s)?.since(before)))
                         }
                     };
                     if let Some(e) = &o.first_error {
@@ -467,7 +529,7 @@ fn run(secs: u64) -> Result<()> {
          cache on: ttl {TTL}, max_memory 256MB; direct = pgbench straight to the primary. \
          Load average {load_start} at start, {load_end} at the end.\n"
     );
-    println!("Result check: {check}.\n");
+    println!("Result check: {check}; through the Redis backend: {check_redis}.\n");
     println!("| scenario | protocol | direct tps | cache off tps | cache on tps | on/direct | on/off | hit ratio (on) | p99 ms (on) | errors (direct/off/on) |");
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut verdict_ratios: Vec<(String, f64)> = Vec::new();
@@ -476,7 +538,7 @@ fn run(secs: u64) -> Result<()> {
         let tps = |t: Target| mean(runs.iter().filter(|r| r.target == t).map(|r| r.o.tps));
         let errs = |t: Target| runs.iter().filter(|r| r.target == t).map(|r| r.o.errors).sum::<u64>();
         let (d, f, n) = (tps(Target::Direct), tps(Target::Off), tps(Target::On));
-        let c = runs.iter().filter_map(|r| r.cache).fold(Counters::default(), |a, c| Counters {
+        let c = runs.iter().filter(|r| r.target == Target::On).filter_map(|r| r.cache).fold(Counters::default(), |a, c| Counters {
             hits: a.hits + c.hits,
             misses: a.misses + c.misses,
             ..a
@@ -499,6 +561,42 @@ fn run(secs: u64) -> Result<()> {
         );
         verdict_ratios.push((format!("{name} ({proto})"), ratio(n, d)));
     }
+
+    println!(
+        "\n### Hot primary-key read by cache backend\n\nThe same runs: `select v from t where k = :k`, 100 distinct keys, \
+         every read after the warm-up a hit; memory = the cache-on sluice above, redis = `backend = \"redis\"` (a \
+         local redis-server, one round trip per hit), direct = pgbench straight to the primary.\n"
+    );
+    println!("| protocol | backend | tps | × direct | hit ratio | p99 ms | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let mut redis_ratios: Vec<(String, f64)> = Vec::new();
+    for (name, proto, runs) in results.iter().filter(|(name, _, _)| *name == "hot primary-key read") {
+        let tps = |t: Target| mean(runs.iter().filter(|r| r.target == t).map(|r| r.o.tps));
+        let d = tps(Target::Direct);
+        for (label, t) in [("memory", Target::On), ("redis", Target::Redis), ("direct", Target::Direct), ("cache off", Target::Off)] {
+            let of = || runs.iter().filter(move |r| r.target == t);
+            let c = of().filter_map(|r| r.cache).fold(Counters::default(), |a, c| Counters {
+                hits: a.hits + c.hits,
+                misses: a.misses + c.misses,
+                ..a
+            });
+            let p99 = of().map(|r| format!("{:.2}", r.o.p99_ms)).collect::<Vec<_>>().join(", ");
+            println!(
+                "| {proto} | {label} | {:.0} | {:.2} | {} | {p99} | {} |",
+                tps(t),
+                ratio(tps(t), d),
+                c.hit_ratio().map(|h| format!("{:.2} %", h * 100.0)).unwrap_or_else(|| "-".into()),
+                of().map(|r| r.o.errors).sum::<u64>(),
+            );
+        }
+        total_errors += runs.iter().filter(|r| r.target == Target::Redis).map(|r| r.o.errors).sum::<u64>();
+        redis_ratios.push((format!("{name} ({proto})"), ratio(tps(Target::Redis), d)));
+    }
+    let backend_errors = scrape(remote.metrics_port)
+        .and_then(|t| metric(&t, "sluice_errors_total", &["kind=\"cache_backend\""]))
+        .map(|n| n.to_string())
+        .unwrap_or_else(|e| format!("({e})"));
+    println!("\nRedis backend failures or timeouts during the benchmark (`sluice_errors_total{{kind=\"cache_backend\"}}`): {backend_errors}.");
 
     println!(
         "\nPer run (in the order run): tps, p99, errors, sluice CPU per 1000 transactions; for cache on, \
@@ -570,6 +668,12 @@ fn run(secs: u64) -> Result<()> {
             if *r >= want { "met" } else { "NOT met" }
         );
     }
+    for (label, r) in &redis_ratios {
+        println!(
+            "Target, Redis-backend cache-on tps ≥ 1.5 × direct, {label}: {r:.2} — {}.",
+            if *r >= 1.5 { "met" } else { "NOT met" }
+        );
+    }
     let max_seen = memory_runs.iter().map(|m| m.max_bytes).max().unwrap_or(0);
     println!(
         "Target, sluice_cache_bytes ≤ max_memory ({SMALL_MEMORY_BYTES}) under {ROWS} distinct keys: at most {max_seen} seen — {}.",
@@ -587,6 +691,8 @@ fn run(secs: u64) -> Result<()> {
     }
     println!("\n(benchmark took {:.0} s)", elapsed.as_secs_f64());
     drop(small);
+    drop(remote);
+    drop(redis);
     drop(on);
     drop(off);
     drop(cluster);

@@ -142,6 +142,9 @@ impl Shared {
             );
         }
         let Some(cache) = &self.cache else { return };
+        if (config.cache.backend == "redis") != cache.remote().is_some() {
+            tracing::warn!(backend = %config.cache.backend, "cache.backend changes take effect at the next start");
+        }
         match crate::cache::CacheSettings::from_config(&config.cache) {
             Ok(settings) => {
                 if cache.reconfigure(settings) {
@@ -160,6 +163,11 @@ fn result_cache(config: &Config) -> Result<Option<Arc<crate::cache::CacheHandle>
     }
     let settings = crate::cache::CacheSettings::from_config(&config.cache)
         .map_err(|e| AppError::Config(ConfigError::Invalid { key: "cache".into(), reason: e.to_string() }))?;
+    if config.cache.backend == "redis" {
+        let remote = crate::cache::RemoteCache::start(&config.cache.redis_url, config.cache.redis_timeout.0)
+            .map_err(|e| AppError::Config(ConfigError::Invalid { key: "cache.redis_url".into(), reason: e.to_string() }))?;
+        return Ok(Some(Arc::new(crate::cache::CacheHandle::with_remote(settings, remote))));
+    }
     Ok(Some(Arc::new(crate::cache::CacheHandle::new(settings))))
 }
 

@@ -146,7 +146,7 @@ pub enum Request<'a> {
 }
 
 impl<'a> Request<'a> {
-    fn parts(&self) -> (&'a [u8], &'a [u8], &'a [u8], &'static [u8]) {
+    pub(super) fn parts(&self) -> (&'a [u8], &'a [u8], &'a [u8], &'static [u8]) {
         match *self {
             Request::Simple { text } => (text, &[], &[], b"Q"),
             Request::Extended { text, bind, shape } => (text, bind, shape, b"X"),

@@ -14,6 +14,8 @@
 //! - [`handle`]: [`CacheHandle`], the store and generations as the process shares them;
 //! - [`logical`]: invalidation from the primary's logical replication stream, for writes that
 //!   do not pass through sluice (`invalidation_source = "logical"`);
+//! - [`remote`]: [`RemoteCache`], the Redis backend: entries and generations shared by every
+//!   instance pointed at one Redis, bypassed while it is unreachable;
 //! - [`relations`]: which relations reads may be cached over (tables, not views), learned
 //!   from the server's catalog;
 //! - [`store`]: [`ResultCache`], the bounded store (moka, TinyLFU, weighed in bytes, an expiry
@@ -62,6 +64,7 @@ pub mod handle;
 pub mod key;
 pub mod logical;
 pub mod relations;
+pub mod remote;
 pub mod settings;
 pub mod store;
 #[cfg(test)]
@@ -77,4 +80,5 @@ pub use handle::CacheHandle;
 pub use key::{bind_parameters, CacheKey, Request, SessionKey};
 pub use settings::{CacheMode, CacheSettings};
 pub use store::ResultCache;
-pub use writes::WriteSet;
+pub use remote::{RemoteCache, RemoteKey};
+pub use writes::{BumpSink, WriteSet};

@@ -220,6 +220,7 @@ impl ResultCache {
             hits: self.hits.load(Relaxed),
             misses: self.misses.load(Relaxed),
             invalidations: self.invalidations.load(Relaxed),
+            backend: None,
         }
     }
 

@@ -485,3 +485,64 @@ fn concurrent_readers_never_see_a_value_older_than_a_finished_commit() {
         r.join().unwrap();
     }
 }
+
+/// `would_bump` answers what `ready` is about to do, for the ReadyForQuery the relay holds
+/// while a shared backend is bumped.
+#[test]
+fn would_bump_foretells_ready() {
+    let db = Generations::default().database("app");
+    let mut ws = WriteSet::new();
+    assert!(!ws.would_bump(1, b'I'), "nothing written");
+    ws.sent(1, &classify("UPDATE t SET x = 1"));
+    ws.command_complete(b"UPDATE 1");
+    assert!(!ws.would_bump(0, b'I'), "an earlier ReadyForQuery");
+    assert!(ws.would_bump(1, b'I'), "an autocommit write");
+    assert!(ws.ready(1, b'I', &db));
+    assert!(!ws.would_bump(2, b'I'));
+
+    ws.sent(2, &classify("BEGIN"));
+    ws.command_complete(b"BEGIN");
+    assert!(!ws.would_bump(2, b'T'));
+    ws.ready(2, b'T', &db);
+    ws.sent(3, &classify("UPDATE t SET x = 2"));
+    ws.command_complete(b"UPDATE 1");
+    assert!(!ws.would_bump(3, b'T'), "still open");
+    ws.ready(3, b'T', &db);
+    ws.sent(4, &classify("ROLLBACK"));
+    ws.command_complete(b"ROLLBACK");
+    assert!(!ws.would_bump(4, b'I'), "rolled back");
+    assert!(!ws.ready(4, b'I', &db));
+
+    ws.sent(5, &classify("BEGIN"));
+    ws.ready(5, b'T', &db);
+    ws.sent(6, &classify("UPDATE t SET x = 3"));
+    ws.ready(6, b'T', &db);
+    ws.sent(7, &classify("COMMIT AND CHAIN"));
+    ws.command_complete(b"COMMIT");
+    assert!(ws.would_bump(7, b'T'), "committed and chained");
+    assert!(ws.ready(7, b'T', &db));
+}
+
+/// A sink sees the tables a commit wrote, or that it may have written anything.
+#[test]
+fn a_sink_receives_what_a_commit_wrote() {
+    #[derive(Default)]
+    struct Noted(Vec<String>, bool);
+    impl BumpSink for Noted {
+        fn bump(&mut self, tables: &[Box<str>]) {
+            self.0.extend(tables.iter().map(|t| t.to_string()));
+        }
+        fn bump_all(&mut self) {
+            self.1 = true;
+        }
+    }
+    let mut ws = WriteSet::new();
+    let mut noted = Noted::default();
+    ws.sent(1, &classify("UPDATE public.t SET x = 1"));
+    ws.command_complete(b"UPDATE 1");
+    assert!(ws.ready_into(1, b'I', &mut noted));
+    assert_eq!(noted.0, ["public.t"]);
+    ws.sent(2, &classify("DO $$ BEGIN END $$"));
+    assert!(ws.commit_into(&mut noted));
+    assert!(noted.1, "a write to anything");
+}

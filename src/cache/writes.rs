@@ -74,6 +74,11 @@ impl WriteSet {
     /// Call it before the ReadyForQuery is relayed, so that the client's next read cannot be
     /// served a response the commit made stale.
     pub fn ready(&mut self, ready_seq: u64, status: u8, gens: &DatabaseGenerations) -> bool {
+        self.ready_into(ready_seq, status, &mut &*gens)
+    }
+
+    /// [`ready`](Self::ready), with the tables to bump handed to `sink`.
+    pub fn ready_into(&mut self, ready_seq: u64, status: u8, sink: &mut impl BumpSink) -> bool {
         while self.pending.front().is_some_and(|(seq, _)| *seq <= ready_seq) {
             if let Some((_, c)) = self.pending.pop_front() {
                 self.block.push(c);
@@ -88,13 +93,25 @@ impl WriteSet {
                 false
             }
             b'I' => {
-                let bumped = bump(&self.block, gens);
+                let bumped = bump(&self.block, sink);
                 self.block.clear();
                 bumped
             }
-            _ if committed => bump(&self.block, gens),
+            _ if committed => bump(&self.block, sink),
             _ => false,
         }
+    }
+
+    /// Whether [`ready`](Self::ready) with these arguments would bump anything (it changes
+    /// nothing): a ReadyForQuery that ends a write transaction.
+    pub fn would_bump(&self, ready_seq: u64, status: u8) -> bool {
+        let has_writes = !self.block.is_empty() || self.pending.front().is_some_and(|(seq, _)| *seq <= ready_seq);
+        let rolled_back = self.rolled_back && !self.committed;
+        has_writes
+            && match status {
+                b'I' => !rolled_back,
+                _ => self.committed,
+            }
     }
 
     /// Everything written, including requests still unanswered, may have committed: bumps
@@ -102,8 +119,13 @@ impl WriteSet {
     /// to a server connection lost with writes pending, whose outcome is unknown. Returns
     /// whether anything was bumped.
     pub fn commit(&mut self, gens: &DatabaseGenerations) -> bool {
+        self.commit_into(&mut &*gens)
+    }
+
+    /// [`commit`](Self::commit), with the tables to bump handed to `sink`.
+    pub fn commit_into(&mut self, sink: &mut impl BumpSink) -> bool {
         self.block.extend(self.pending.drain(..).map(|(_, c)| c));
-        let bumped = bump(&self.block, gens);
+        let bumped = bump(&self.block, sink);
         self.block.clear();
         bumped
     }
@@ -120,15 +142,34 @@ fn writes(c: &Classification) -> bool {
     c.class == StatementClass::Write && (c.writes_unknown || !c.tables.is_empty())
 }
 
+/// Where a commit's tables go: the process's generations, or also a list to send to a shared
+/// backend.
+pub trait BumpSink {
+    /// A commit wrote these tables.
+    fn bump(&mut self, tables: &[Box<str>]);
+    /// A commit may have written any table.
+    fn bump_all(&mut self);
+}
+
+impl BumpSink for &DatabaseGenerations {
+    fn bump(&mut self, tables: &[Box<str>]) {
+        DatabaseGenerations::bump(self, tables);
+    }
+
+    fn bump_all(&mut self) {
+        DatabaseGenerations::bump_all(self);
+    }
+}
+
 /// Bumps the tables written by `writes` (the whole database if any is unknown).
-fn bump(writes: &[Arc<Classification>], gens: &DatabaseGenerations) -> bool {
+fn bump(writes: &[Arc<Classification>], sink: &mut impl BumpSink) -> bool {
     if writes.is_empty() {
         return false;
     }
     if writes.iter().any(|c| c.writes_unknown) {
-        gens.bump_all();
+        sink.bump_all();
     } else {
-        writes.iter().for_each(|c| gens.bump(&c.tables));
+        writes.iter().for_each(|c| sink.bump(&c.tables));
     }
     true
 }

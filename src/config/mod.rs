@@ -379,6 +379,8 @@ pub struct CacheSection {
     pub backend: String,
     /// Redis address.
     pub redis_url: String,
+    /// How long a Redis operation may take before the cache is bypassed (backend = "redis").
+    pub redis_timeout: ConfigDuration,
     /// proxy | logical
     pub invalidation_source: String,
     /// With `logical`: the publication streamed (created `FOR ALL TABLES` if missing; an
@@ -408,6 +410,7 @@ impl Default for CacheSection {
             max_result_bytes: ByteSize(1 << 20),
             backend: "memory".into(),
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_timeout: ConfigDuration(std::time::Duration::from_millis(50)),
             invalidation_source: "proxy".into(),
             logical_publication: "sluice".into(),
             logical_slot: None,
@@ -545,8 +548,13 @@ impl Config {
         one_of("cache.mode", &self.cache.mode, &["all", "hint"])?;
         one_of("cache.backend", &self.cache.backend, &["memory", "redis"])?;
         one_of("cache.invalidation_source", &self.cache.invalidation_source, &["proxy", "logical"])?;
-        if self.cache.enabled && self.cache.backend != "memory" {
-            return Err(invalid("cache.backend", "only \"memory\" is supported so far"));
+        if self.cache.enabled && self.cache.backend == "redis" {
+            if let Err(e) = redis::Client::open(self.cache.redis_url.as_str()) {
+                return Err(invalid("cache.redis_url", e.to_string()));
+            }
+            if self.cache.redis_timeout.0.is_zero() {
+                return Err(invalid("cache.redis_timeout", "must be above zero"));
+            }
         }
         if self.cache.invalidation_source == "logical" {
             let ident = |v: &str| {
@@ -609,6 +617,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cache.logical_slot"), "{err}");
+    }
+
+    #[test]
+    fn the_redis_backend_is_accepted_and_its_keys_checked() {
+        let base = "[databases.app]\nprimary = \"127.0.0.1:5432\"\n[cache]\nenabled = true\nbackend = \"redis\"\n";
+        let c = Config::from_toml(&format!("{base}redis_url = \"redis://10.0.0.1:6380\"\nredis_timeout = \"20ms\"\n")).unwrap();
+        assert_eq!(c.cache.redis_timeout.0, std::time::Duration::from_millis(20));
+        assert_eq!(Config::from_toml(base).unwrap().cache.redis_timeout.0, std::time::Duration::from_millis(50));
+        let err = Config::from_toml(&format!("{base}redis_url = \"http://nope\"\n")).unwrap_err().to_string();
+        assert!(err.contains("cache.redis_url"), "{err}");
+        let err = Config::from_toml(&format!("{base}redis_timeout = \"0s\"\n")).unwrap_err().to_string();
+        assert!(err.contains("cache.redis_timeout"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,17 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries invalidated by writes since start.
     pub invalidations: u64,
+    /// The shared backend's state, with `backend = "redis"`.
+    pub backend: Option<BackendStats>,
+}
+
+/// The state of a shared cache backend (Redis).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Whether the cache uses it now (else reads bypass the cache).
+    pub up: bool,
+    /// Operations that failed or timed out since start.
+    pub errors: u64,
 }
 
 impl CacheStats {

@@ -24,6 +24,9 @@ pub const CACHE_MISSES: &str = "sluice_cache_misses_total";
 pub const CACHE_INVALIDATIONS: &str = "sluice_cache_invalidations_total";
 /// `sluice_cache_bytes`
 pub const CACHE_BYTES: &str = "sluice_cache_bytes";
+/// `sluice_cache_backend_up`: 1 while the shared cache backend (Redis) is used, 0 while reads
+/// bypass it (only with `backend = "redis"`).
+pub const CACHE_BACKEND_UP: &str = "sluice_cache_backend_up";
 /// `sluice_errors_total{kind}`
 pub const ERRORS: &str = "sluice_errors_total";
 
@@ -43,6 +46,7 @@ pub const HELP: &[(&str, &str)] = &[
     (CACHE_MISSES, "Cacheable reads the cache could not answer"),
     (CACHE_INVALIDATIONS, "Cache entries invalidated by writes"),
     (CACHE_BYTES, "Bytes held by the result cache"),
+    (CACHE_BACKEND_UP, "Whether the shared cache backend (Redis) is reachable and used"),
     (ERRORS, "Errors by kind"),
 ];
 

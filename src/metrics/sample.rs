@@ -118,4 +118,8 @@ fn cache(ctx: &Shared, rec: &PrometheusRecorder) {
     counter(rec, names::CACHE_MISSES, &[], s.misses);
     counter(rec, names::CACHE_INVALIDATIONS, &[], s.invalidations);
     gauge(rec, names::CACHE_BYTES, &[], s.bytes as f64);
+    if let Some(b) = s.backend {
+        gauge(rec, names::CACHE_BACKEND_UP, &[], if b.up { 1.0 } else { 0.0 });
+        counter(rec, names::ERRORS, &[("kind", "cache_backend")], b.errors);
+    }
 }

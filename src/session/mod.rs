@@ -206,6 +206,7 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<Shared>) {
     let result = run.run(opts).await;
     if let Some(cache) = run.cache.as_mut() {
         cache.writes_unknown();
+        cache.flush_bumps().await;
     }
     if let Err(e) = result {
         if !matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
@@ -431,6 +432,9 @@ impl Running {
                 if matches!(end, RelayEnd::ServerGone | RelayEnd::ServerProtocol(_)) {
                     cache.writes_unknown();
                 }
+                if !matches!(end, RelayEnd::CommitHeld) {
+                    cache.flush_bumps().await;
+                }
             }
             if self.client.pinned {
                 // Temporary tables, LISTEN, advisory locks...: gone before anyone else uses it.
@@ -440,13 +444,22 @@ impl Running {
                 RelayEnd::CommitHeld => {
                     // The commit is marked before the client learns of it, so that no read can
                     // begin after the commit and be sent to a replica that has not replayed it.
+                    let routing_hold = h.watch.as_ref().is_some_and(RouteWatch::holds_commit);
                     let ready = relay::take_held_ready(&mut self.client, &mut h.server, opts, self.cache.as_mut());
-                    if let Some(routing) = self.routing.as_mut() {
-                        routing.committed();
+                    if routing_hold {
+                        if let Some(routing) = self.routing.as_mut() {
+                            routing.committed();
+                        }
                     }
-                    h.answered_before += 1;
+                    if routing_hold {
+                        h.answered_before += 1;
+                    }
                     if let Some(w) = h.watch.as_mut() {
                         w.wrote = false;
+                    }
+                    // Every instance sharing the cache learns of the commit before the client.
+                    if let Some(cache) = self.cache.as_mut() {
+                        cache.flush_bumps().await;
                     }
                     self.client.send(&ready).await?;
                 }
@@ -512,6 +525,19 @@ impl Running {
                 cached::Lookup::Fill => return Ok(CacheStep::Fill),
                 cached::Lookup::Bypass => return Ok(CacheStep::Pass),
                 cached::Lookup::ReadMore => read_client(c, &self.stops).await?,
+                cached::Lookup::Remote => {
+                    return match cache.remote_lookup(&c.buf, max, &c.statements).await {
+                        cached::Lookup::Hit { response, len } => {
+                            bytes::Buf::advance(&mut c.buf, len);
+                            c.send(&response).await?;
+                            self.metrics.transaction(MetricsRoute::Cache);
+                            self.metrics.queries(MetricsRoute::Cache, 1);
+                            Ok(CacheStep::Answered)
+                        }
+                        cached::Lookup::Fill => Ok(CacheStep::Fill),
+                        _ => Ok(CacheStep::Pass),
+                    };
+                }
             }
         }
     }

@@ -48,7 +48,8 @@ pub enum RelayEnd {
     /// elsewhere (the [`RouteWatch`] holds it).
     ReplicaFailed,
     /// A write transaction just ended on the primary: its ReadyForQuery waits at the front of
-    /// the server's buffer (see [`take_held_ready`]) until the commit position is learned.
+    /// the server's buffer (see [`take_held_ready`]) until the commit position is learned, or
+    /// the cache has bumped its tables in a shared backend.
     CommitHeld,
 }
 
@@ -299,6 +300,8 @@ struct ServerSide<'a> {
     release: bool,
     /// Hold the ReadyForQuery that ends a write transaction.
     hold_commit: bool,
+    /// Hold a ReadyForQuery the cache must bump a shared backend for first.
+    hold_for_cache: bool,
     /// Stop after each ReadyForQuery (a replica's answers go out one segment at a time).
     stop_at_ready: bool,
     /// The scan ended with a ReadyForQuery.
@@ -333,6 +336,7 @@ impl<'a> ServerSide<'a> {
             registry: None,
             release: false,
             hold_commit: false,
+            hold_for_cache: false,
             commit_held: false,
             stop_at_ready: false,
             ready_seen: false,
@@ -363,12 +367,15 @@ impl Inspect for ServerSide<'_> {
             self.retry = true;
             return Flow::StopBefore;
         }
-        if self.hold_commit
+        let routing_hold = self.hold_commit
             && tag == b'Z'
             && body.first() == Some(&b'I')
             && self.tracker.pending() == 1
-            && !self.tracker.unsynced()
-        {
+            && !self.tracker.unsynced();
+        let cache_hold = self.hold_for_cache
+            && tag == b'Z'
+            && self.cache.as_deref().is_some_and(|c| c.holds_ready(body, self.tracker.answered() + 1));
+        if routing_hold || cache_hold {
             self.commit_held = true;
             return Flow::StopBefore;
         }
@@ -837,6 +844,7 @@ impl Relay<'_> {
                     registry: self.registry,
                     release: self.opts.release_at_idle,
                     hold_commit: self.watch.as_ref().is_some_and(|w| w.holds_commit()),
+                    hold_for_cache: true,
                     commit_held: false,
                     stop_at_ready: self.watch.as_ref().is_some_and(|w| w.on_replica()),
                     ready_seen: false,

@@ -87,7 +87,7 @@ impl LogicalStreams {
             if let Some(cache) = cache.cloned() {
                 tokio::spawn(async move {
                     let _ = r.task.await;
-                    cache.resume(&key);
+                    cache.resume(&key).await;
                     tracing::info!(database = %key, "logical invalidation stopped");
                 });
             }

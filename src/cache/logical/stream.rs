@@ -91,7 +91,7 @@ pub async fn run(target: StreamTarget, cache: Arc<CacheHandle>, tls: super::Tls,
         }
         let Err(e) = result else { return };
         cache.suspend(&target.key);
-        cache.invalidate_all(&target.key);
+        cache.invalidate_all(&target.key).await;
         if let Some(since) = streaming_since {
             tracing::warn!(
                 database = %target.key, slot = %target.slot, error = %e,
@@ -139,7 +139,7 @@ async fn session(
     conn.write(&out).await?;
     timed(limit, "starting replication", wait_copy_both(&mut conn)).await?;
     // Every commit from here on is streamed; what committed before is dropped by resuming.
-    cache.resume(&target.key);
+    cache.resume(&target.key).await;
     *streaming_since = Some(Instant::now());
     tracing::info!(database = %target.key, slot = %target.slot, publication = %target.publication, "logical replication stream started");
     stream(&mut conn, target, cache).await
@@ -224,11 +224,11 @@ async fn stream(conn: &mut ServerConnection, target: &StreamTarget, cache: &Cach
                 b'd' => match tracker.copy_data(&frame.body, frame.cut)? {
                     Event::None => {}
                     Event::ReplyRequested => reply = true,
-                    Event::Commit(Invalidation::All) => cache.invalidate_all(&target.key),
+                    Event::Commit(Invalidation::All) => cache.invalidate_all(&target.key).await,
                     Event::Commit(Invalidation::Tables(tables)) if tables.is_empty() => {}
                     Event::Commit(Invalidation::Tables(tables)) => {
                         let names: Vec<&str> = tables.iter().map(|t| &**t).collect();
-                        cache.invalidate_tables(&target.key, &names);
+                        cache.invalidate_tables(&target.key, &names).await;
                     }
                 },
                 b'E' => {

@@ -13,6 +13,13 @@
 //!   tables of committed writes are bumped. Rolled-back writes bump nothing; a write whose
 //!   outcome is unknown when the session ends is taken as committed.
 //!
+//! With the Redis backend ([`crate::cache::RemoteCache`]) the same steps go over the network:
+//! [`SessionCache::lookup`] answers [`Lookup::Remote`] and the session awaits
+//! [`SessionCache::remote_lookup`] (one round trip: the entry and the current generations);
+//! a fill is stored by a task of its own; and a ReadyForQuery that ends a write transaction is
+//! held by the relay ([`SessionCache::holds_ready`]) until [`SessionCache::flush_bumps`] has
+//! bumped the tables in Redis. The in-memory path is unchanged.
+//!
 //! Fills run on the primary even when reads are routed to replicas: an answer from the
 //! primary, read after the snapshot, is never older than a commit sluice has bumped, while a
 //! replica's may be. Hits take nothing from either.
@@ -23,6 +30,8 @@ mod tests;
 
 use crate::cache::relations::{relkind_query, RelationKinds};
 use crate::cache::{check_bind, decide, CacheHandle, Capture, DatabaseGenerations, GenSnapshot, ReadContext};
+use crate::cache::remote::{Found, RemoteSnapshot};
+use crate::cache::{BumpSink, RemoteCache, RemoteKey};
 use crate::cache::{Request as KeyRequest, ResultCache, SessionKey, Verdict, WriteSet};
 use crate::router::classify::{Classification, Classifier, StatementClass};
 use crate::router::request_text;
@@ -49,6 +58,43 @@ pub(crate) enum Lookup {
     Bypass,
     /// Only part of the request is buffered: read more and look again.
     ReadMore,
+    /// Ask the shared backend: await [`SessionCache::remote_lookup`].
+    Remote,
+}
+
+/// A lookup waiting for the shared backend's answer.
+struct Pending {
+    key: RemoteKey,
+    classification: Arc<Classification>,
+    len: usize,
+    ttl: Duration,
+    unresolved: Option<Unresolved>,
+}
+
+/// Tables this session's commits wrote, to bump in the shared backend before the client hears
+/// of the commit.
+#[derive(Debug, Default)]
+struct Bumps {
+    tables: Vec<Box<str>>,
+    everything: bool,
+}
+
+/// Bumps the process's generations and notes the tables for the shared backend.
+struct Collect<'a> {
+    local: &'a DatabaseGenerations,
+    bumps: &'a mut Bumps,
+}
+
+impl BumpSink for Collect<'_> {
+    fn bump(&mut self, tables: &[Box<str>]) {
+        self.local.bump(tables);
+        self.bumps.tables.extend(tables.iter().cloned());
+    }
+
+    fn bump_all(&mut self) {
+        self.local.bump_all();
+        self.bumps.everything = true;
+    }
 }
 
 /// One session's view of the cache.
@@ -71,6 +117,14 @@ pub struct SessionCache {
     unknown_write: Arc<Classification>,
     /// The classification of the unnamed statement, from its Parse.
     unnamed: Option<Arc<Classification>>,
+    /// The shared backend, with `backend = "redis"`.
+    remote: Option<Arc<RemoteCache>>,
+    /// The server database, as the shared backend keys its generations.
+    server_database: Box<str>,
+    /// A lookup for the shared backend to answer.
+    pending: Option<Pending>,
+    /// Commits not yet bumped in the shared backend.
+    bumps: Bumps,
 }
 
 impl SessionCache {
@@ -94,7 +148,6 @@ impl SessionCache {
             writes_unknown: true,
         });
         Self {
-            handle,
             generations,
             relations,
             classifier,
@@ -107,6 +160,11 @@ impl SessionCache {
             fill: None,
             unknown_write,
             unnamed: None,
+            remote: handle.remote().cloned(),
+            server_database: server_database.into(),
+            pending: None,
+            bumps: Bumps::default(),
+            handle,
         }
     }
 
@@ -156,18 +214,79 @@ impl SessionCache {
             self.key_params = params.fingerprint();
         }
         let key_request = key_request(&request);
+        if let Some(remote) = &self.remote {
+            // Down, or this database's change stream is (logical invalidation): bypass.
+            if !remote.is_up() || self.generations.is_suspended() {
+                return Lookup::Bypass;
+            }
+            let key = RemoteKey::new(&self.key, key_request);
+            let unresolved = (!unresolved.is_empty())
+                .then(|| Unresolved { search_path: search_path.into(), epoch, names: unresolved });
+            self.pending = Some(Pending { key, classification, len: request.len, ttl, unresolved });
+            return Lookup::Remote;
+        }
         let key = store.key(&self.key, key_request);
         if let Some(response) = store.get(&key, Instant::now()) {
             return Lookup::Hit { response, len: request.len };
         }
         // Taken before the read is sent: a commit bumped after this makes the fill stale.
-        let snapshot = self.generations.snapshot(&classification.tables);
+        let snapshot = FillSnapshot::Local(self.generations.snapshot(&classification.tables));
         let mut fill = Fill::new(arc_swap::Guard::into_inner(store), &self.key, &request, snapshot, ttl);
         if !unresolved.is_empty() {
             fill.unresolved = Some(Unresolved { search_path: search_path.into(), epoch, names: unresolved });
         }
         self.fill = Some(fill);
         Lookup::Fill
+    }
+
+    /// Answers the lookup [`lookup`](Self::lookup) left for the shared backend: a hit, a fill
+    /// (under the generations read in the same round trip, before the read is sent), or a
+    /// bypass when the backend fails or is down. `buf`, `max_message` and `statements` are
+    /// what `lookup` was given (the request is still at the start of `buf`).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, it leaves no lookup pending and no fill.
+    pub(crate) async fn remote_lookup(&mut self, buf: &[u8], max_message: u32, statements: &ClientStatements) -> Lookup {
+        self.fill = None;
+        let (Some(p), Some(remote)) = (self.pending.take(), self.remote.clone()) else { return Lookup::Bypass };
+        match remote.lookup(&self.server_database, &p.key, &p.classification.tables).await {
+            Ok(Found::Hit(response)) => Lookup::Hit { response, len: p.len },
+            Ok(Found::Miss(snapshot)) => {
+                // The fill is built only now: a hit needs none.
+                let Judged::Cacheable(request) = segment::judge(buf, max_message, statements) else { return Lookup::Bypass };
+                let snapshot = FillSnapshot::Remote { backend: remote, key: p.key, snapshot };
+                let store = arc_swap::Guard::into_inner(self.handle.store());
+                let mut fill = Fill::new(store, &self.key, &request, snapshot, p.ttl);
+                fill.unresolved = p.unresolved;
+                self.fill = Some(fill);
+                Lookup::Fill
+            }
+            Err(e) => {
+                tracing::trace!(error = %e, "cache backend lookup failed; the read bypasses the cache");
+                Lookup::Bypass
+            }
+        }
+    }
+
+    /// Whether the relay must hold this ReadyForQuery (`body`, numbered `ready_seq`) until
+    /// [`flush_bumps`](Self::flush_bumps): it ends a write transaction, and the shared backend
+    /// must learn of it before the client does.
+    pub(crate) fn holds_ready(&self, body: &[u8], ready_seq: u64) -> bool {
+        self.remote.is_some() && self.writes.would_bump(ready_seq, body.first().copied().unwrap_or(b'I'))
+    }
+
+    /// Bumps in the shared backend what this session's commits wrote since the last call.
+    /// Never fails: a backend that cannot be reached is marked down, and everything stored
+    /// before is ignored once it is back.
+    pub(crate) async fn flush_bumps(&mut self) {
+        if self.bumps.tables.is_empty() && !self.bumps.everything {
+            return;
+        }
+        let bumps = std::mem::take(&mut self.bumps);
+        if let Some(remote) = &self.remote {
+            remote.bump(&self.server_database, &bumps.tables, bumps.everything).await;
+        }
     }
 
     /// The catalog query to run before the fill is sent, when its relations are not all known.
@@ -263,7 +382,14 @@ impl SessionCache {
         }
         if tag == b'Z' {
             let status = body.first().copied().unwrap_or(b'I');
-            if self.writes.ready(ready_seq, status, &self.generations) {
+            let bumped = match self.remote {
+                None => self.writes.ready(ready_seq, status, &self.generations),
+                Some(_) => {
+                    let mut sink = Collect { local: &self.generations, bumps: &mut self.bumps };
+                    self.writes.ready_into(ready_seq, status, &mut sink)
+                }
+            };
+            if bumped {
                 tracing::trace!("a commit invalidated cached reads");
             }
         }
@@ -277,11 +403,18 @@ impl SessionCache {
     }
 
     /// The session ends, or its server connection was lost: writes whose outcome is unknown
-    /// are taken as committed.
+    /// are taken as committed (with the shared backend, call [`flush_bumps`](Self::flush_bumps)
+    /// next).
     pub(crate) fn writes_unknown(&mut self) {
         self.fill = None;
+        self.pending = None;
         if !self.writes.is_empty() {
-            self.writes.commit(&self.generations);
+            if self.remote.is_some() {
+                let mut sink = Collect { local: &self.generations, bumps: &mut self.bumps };
+                self.writes.commit_into(&mut sink);
+            } else {
+                self.writes.commit(&self.generations);
+            }
         }
     }
 }
@@ -306,6 +439,14 @@ struct Unresolved {
     names: Vec<Box<str>>,
 }
 
+/// The generations a fill's read began under.
+enum FillSnapshot {
+    /// This process's.
+    Local(GenSnapshot),
+    /// The shared backend's, with the entry's key there.
+    Remote { backend: Arc<RemoteCache>, key: RemoteKey, snapshot: RemoteSnapshot },
+}
+
 /// A miss being answered by the primary, gathered to be stored.
 pub(crate) struct Fill {
     /// Relations to look up in the catalog before the read is sent.
@@ -315,7 +456,7 @@ pub(crate) struct Fill {
     spec: Box<[u8]>,
     bind: Option<Box<[u8]>>,
     shape: Shape,
-    snapshot: GenSnapshot,
+    snapshot: FillSnapshot,
     ttl: Duration,
     /// The answer as the client sees it: ParseComplete and BindComplete (which sluice may
     /// answer itself, so they are written here rather than captured), then the server's
@@ -329,7 +470,7 @@ pub(crate) struct Fill {
 }
 
 impl Fill {
-    fn new(store: Arc<ResultCache>, session: &SessionKey, r: &segment::Request<'_>, snapshot: GenSnapshot, ttl: Duration) -> Self {
+    fn new(store: Arc<ResultCache>, session: &SessionKey, r: &segment::Request<'_>, snapshot: FillSnapshot, ttl: Duration) -> Self {
         let mut capture = Capture::new(store.settings().max_result_bytes);
         let shape = r.shape;
         let tags = shape.as_slice();
@@ -421,12 +562,31 @@ impl Fill {
             return;
         }
         let Some(response) = self.capture.finish() else { return };
+        let snapshot = match self.snapshot {
+            FillSnapshot::Local(s) => s,
+            FillSnapshot::Remote { backend, key, snapshot } => {
+                if self.ttl.is_zero() || response.len() > self.store.settings().max_result_bytes {
+                    return;
+                }
+                // Checked against the generations in Redis when stored: a commit bumped since the
+                // snapshot keeps it out. Nobody waits for it.
+                let ttl = self.ttl;
+                tokio::spawn(async move {
+                    match backend.store(&key, &snapshot, &response, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::trace!("answer not cached: a write committed after the read began"),
+                        Err(e) => tracing::trace!(error = %e, "answer not cached"),
+                    }
+                });
+                return;
+            }
+        };
         let request = match &self.bind {
             None => KeyRequest::Simple { text: &self.spec },
             Some(bind) => KeyRequest::Extended { text: &self.spec, bind, shape: self.shape.as_slice() },
         };
         let key = self.store.key(&self.session, request);
-        if let Err(e) = self.store.insert(&key, self.snapshot, response, self.ttl, Instant::now()) {
+        if let Err(e) = self.store.insert(&key, snapshot, response, self.ttl, Instant::now()) {
             tracing::trace!(error = %e, "answer not cached");
         }
     }
