@@ -112,7 +112,9 @@ impl crate::pool::Connect for PgConnector {
 
     async fn connect(&self) -> Result<ServerConnection, ServerError> {
         let tls = self.tls.as_ref().map(|t| t.load_full());
-        let (mut conn, welcome) = login::connect(&self.target, tls.as_ref().map(|t| &t.server)).await?;
+        // Boxed: sessions await checkouts that may connect, and their tasks should not carry a
+        // TLS handshake's state all their life.
+        let (mut conn, welcome) = Box::pin(login::connect(&self.target, tls.as_ref().map(|t| &t.server))).await?;
         self.welcome.store(Some(Arc::new(welcome)));
         if let Some(registry) = &self.registry {
             let local = conn.stream.local_addr().ok();

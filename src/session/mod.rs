@@ -174,7 +174,8 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<Shared>) {
     let mut buf = bytes::BytesMut::with_capacity(512);
     let pending = ctx.pending_logins.enter(max_pending);
     let opened = tokio::select! {
-        opened = tokio::time::timeout(login_timeout, welcome::login(&mut stream, &mut buf, &ctx)) => opened,
+        // Boxed: the login's state (TLS handshake, authentication) is gone once it is done.
+        opened = tokio::time::timeout(login_timeout, Box::pin(welcome::login(&mut stream, &mut buf, &ctx))) => opened,
         _ = pending.pushed_out.cancelled() => {
             return refuse(&mut stream, crate::app::LimitError::PendingLogins.into()).await;
         }
@@ -183,7 +184,7 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<Shared>) {
     let session = match opened {
         Ok(Ok(Some(welcome::Opened::Client(s)))) => s,
         Ok(Ok(Some(welcome::Opened::Admin(user)))) => {
-            let _ = crate::admin::serve(&mut stream, &mut buf, ctx, &user).await;
+            let _ = Box::pin(crate::admin::serve(&mut stream, &mut buf, ctx, &user)).await;
             return;
         }
         Ok(Ok(None)) => return,
@@ -206,7 +207,9 @@ pub async fn serve(tcp: TcpStream, ctx: Arc<Shared>) {
     let result = run.run(opts).await;
     if let Some(cache) = run.cache.as_mut() {
         cache.writes_unknown();
-        cache.flush_bumps().await;
+        if let Some(flush) = cache.flush_bumps() {
+            flush.await;
+        }
     }
     if let Err(e) = result {
         if !matches!(e, SessionError::ClientGone | SessionError::Io(_)) {
@@ -433,7 +436,9 @@ impl Running {
                     cache.writes_unknown();
                 }
                 if !matches!(end, RelayEnd::CommitHeld) {
-                    cache.flush_bumps().await;
+                    if let Some(flush) = cache.flush_bumps() {
+                        flush.await;
+                    }
                 }
             }
             if self.client.pinned {
@@ -459,7 +464,9 @@ impl Running {
                     }
                     // Every instance sharing the cache learns of the commit before the client.
                     if let Some(cache) = self.cache.as_mut() {
-                        cache.flush_bumps().await;
+                        if let Some(flush) = cache.flush_bumps() {
+                            flush.await;
+                        }
                     }
                     self.client.send(&ready).await?;
                 }
@@ -526,7 +533,8 @@ impl Running {
                 cached::Lookup::Bypass => return Ok(CacheStep::Pass),
                 cached::Lookup::ReadMore => read_client(c, &self.stops).await?,
                 cached::Lookup::Remote => {
-                    return match cache.remote_lookup(&c.buf, max, &c.statements).await {
+                    // Boxed: an idle session's task does not carry the backend's future.
+                    return match Box::pin(cache.remote_lookup(&c.buf, max, &c.statements)).await {
                         cached::Lookup::Hit { response, len } => {
                             bytes::Buf::advance(&mut c.buf, len);
                             c.send(&response).await?;

@@ -276,17 +276,17 @@ impl SessionCache {
         self.remote.is_some() && self.writes.would_bump(ready_seq, body.first().copied().unwrap_or(b'I'))
     }
 
-    /// Bumps in the shared backend what this session's commits wrote since the last call.
-    /// Never fails: a backend that cannot be reached is marked down, and everything stored
-    /// before is ignored once it is back.
-    pub(crate) async fn flush_bumps(&mut self) {
+    /// Bumps in the shared backend what this session's commits wrote since the last call, if
+    /// anything: the work to await (boxed, so that a session's task does not carry the
+    /// backend's future while it is idle). Never fails: a backend that cannot be reached is
+    /// marked down, and everything stored before is ignored once it is back.
+    pub(crate) fn flush_bumps(&mut self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
         if self.bumps.tables.is_empty() && !self.bumps.everything {
-            return;
+            return None;
         }
         let bumps = std::mem::take(&mut self.bumps);
-        if let Some(remote) = &self.remote {
-            remote.bump(&self.server_database, &bumps.tables, bumps.everything).await;
-        }
+        let (remote, database) = (self.remote.as_ref()?, &self.server_database);
+        Some(Box::pin(async move { remote.bump(database, &bumps.tables, bumps.everything).await }))
     }
 
     /// The catalog query to run before the fill is sent, when its relations are not all known.
