@@ -223,13 +223,13 @@ fn server_tls(config: &Config) -> Result<ServerTls, TlsError> {
         ServerMode::Disable => return Ok(ServerTls { mode, config: None }),
         ServerMode::Prefer | ServerMode::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified { supported }))
+            .with_custom_certificate_verifier(Arc::new(ChainCheck { roots: None, supported }))
             .with_no_client_auth(),
         ServerMode::VerifyCa => {
             let roots = roots(config, "tls.server_mode = \"verify-ca\"")?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { roots: Arc::new(roots), supported }))
+                .with_custom_certificate_verifier(Arc::new(ChainCheck { roots: Some(Arc::new(roots)), supported }))
                 .with_no_client_auth()
         }
         ServerMode::VerifyFull => {
@@ -248,56 +248,16 @@ fn roots(config: &Config, needed_by: &'static str) -> Result<RootCertStore, TlsE
     Ok(roots)
 }
 
-/// Accepts any server certificate (`prefer`, `require`: encryption without authentication, as
-/// libpq's modes of those names), while still checking the handshake signatures.
+/// Checks a server's certificate short of its host name: against `roots` (`verify-ca`), or
+/// not at all (`prefer`, `require`: encryption without authentication, as libpq's modes of
+/// those names). The handshake signatures are checked either way.
 #[derive(Debug)]
-struct Unverified {
+struct ChainCheck {
+    roots: Option<Arc<RootCertStore>>,
     supported: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.supported)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.supported)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.supported.supported_schemes()
-    }
-}
-
-/// Verifies the chain against the configured CA but not the host name (`verify-ca`).
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    supported: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -306,14 +266,10 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.supported.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.supported.all)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
