@@ -30,8 +30,8 @@ pub async fn advise(config: &Config) -> Result<String, String> {
         _ => Some(crate::tls::ServerTls::prefer().map_err(|e| e.to_string())?),
     };
     let client = match tls.as_ref().and_then(|t| crate::tls::postgres_tls(t, &mut pg)) {
-        Some(tls) => open(&pg, tls).await,
-        None => open(&pg, tokio_postgres::NoTls).await,
+        Some(tls) => crate::server::open_client(&pg, tls).await,
+        None => crate::server::open_client(&pg, tokio_postgres::NoTls).await,
     }
     .map_err(|e| format!("cannot reach sluice at {addr}: {e}"))?;
     let messages = client.simple_query("SHOW ADVICE").await.map_err(|e| format!("SHOW ADVICE: {e}"))?;
@@ -57,17 +57,4 @@ pub async fn advise(config: &Config) -> Result<String, String> {
         }
     }
     Ok(out)
-}
-
-/// Connects with `tls`; the connection task ends with the client.
-async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, tokio_postgres::Error>
-where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    T::Stream: Send + 'static,
-{
-    let (client, connection) = config.connect(tls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }

@@ -375,6 +375,23 @@ pub async fn connect_replication(
         .map(|(conn, _)| conn)
 }
 
+/// Opens a tokio-postgres client for sluice's own use (replica probes, `sluice advise`) with
+/// `tls`; the connection task ends when the client is dropped or the server goes away.
+///
+/// # Errors
+/// Whatever tokio-postgres reports for the connection or login.
+pub async fn open_client<T>(config: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
 /// Sends a CancelRequest for `key` to the server at `addr` on a new connection.
 ///
 /// # Errors

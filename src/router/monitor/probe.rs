@@ -135,8 +135,8 @@ impl Probe {
             config.password(password);
         }
         let opened = match s.tls.as_ref().and_then(|t| crate::tls::postgres_tls(t, &mut config)) {
-            Some(tls) => timeout(connect_timeout, open(&config, tls)).await,
-            None => timeout(connect_timeout, open(&config, NoTls)).await,
+            Some(tls) => timeout(connect_timeout, crate::server::open_client(&config, tls)).await,
+            None => timeout(connect_timeout, crate::server::open_client(&config, NoTls)).await,
         };
         match opened {
             Ok(Ok(client)) => Ok(client),
@@ -146,19 +146,6 @@ impl Probe {
     }
 }
 
-/// Connects with `tls`; the connection task ends when the client is dropped (or the server
-/// goes away).
-async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<Client, tokio_postgres::Error>
-where
-    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
-    T::Stream: Send + 'static,
-{
-    let (client, connection) = config.connect(tls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
 
 /// `host:port` (or `[v6]:port`) split in two.
 fn split_address(address: &str) -> Option<(&str, u16)> {
