@@ -112,12 +112,7 @@ fn build(
             if db.replicas.is_empty() {
                 continue;
             }
-            let user = r
-                .monitor_user
-                .clone()
-                .or_else(|| db.user.clone())
-                .or_else(|| config.server.admin_users.first().cloned())
-                .unwrap_or_else(|| "postgres".to_owned());
+            let user = config.own_user(db, r.monitor_user.as_ref());
             let password = r
                 .monitor_password
                 .clone()

@@ -460,6 +460,17 @@ impl Config {
         Ok(config)
     }
 
+    /// The role sluice logs in as for its own connections to `db`'s servers (replica monitor,
+    /// auth_query, the replication stream): `explicit` when set, else the database's `user`,
+    /// else the first admin user, else `postgres`.
+    pub fn own_user(&self, db: &DatabaseSection, explicit: Option<&String>) -> String {
+        explicit
+            .or(db.user.as_ref())
+            .or(self.server.admin_users.first())
+            .cloned()
+            .unwrap_or_else(|| "postgres".to_owned())
+    }
+
     /// Resolves a path from the file against the configuration's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {

@@ -31,13 +31,7 @@ async fn stored_secret(
     let Some(query) = config.auth.auth_query.as_deref().filter(|_| users.method != AuthMethod::Trust) else {
         return Ok(None);
     };
-    let auth_user = config
-        .auth
-        .auth_user
-        .clone()
-        .or_else(|| db.user.clone())
-        .or_else(|| config.server.admin_users.first().cloned())
-        .unwrap_or_else(|| "postgres".to_owned());
+    let auth_user = config.own_user(db, config.auth.auth_user.as_ref());
     let own = users.get(&auth_user);
     let password = own.and_then(|s| s.plain()).map(str::to_owned).or_else(|| db.password.clone());
     let target = ServerTarget {

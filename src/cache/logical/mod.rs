@@ -138,12 +138,7 @@ fn targets(config: &Config, users: &UserStore) -> Vec<StreamTarget> {
         if out.iter().any(|t| t.key == key) {
             continue;
         }
-        let user = c
-            .logical_user
-            .clone()
-            .or_else(|| db.user.clone())
-            .or_else(|| config.server.admin_users.first().cloned())
-            .unwrap_or_else(|| "postgres".to_owned());
+        let user = config.own_user(db, c.logical_user.as_ref());
         let password = c
             .logical_password
             .clone()

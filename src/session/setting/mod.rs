@@ -14,7 +14,7 @@ pub use extended::ExtendedRequests;
 pub use read::{read_query, read_statement, QuerySettings};
 
 use super::params::ParamSet;
-use read::{known_change, split};
+use read::{change, statements};
 use std::collections::VecDeque;
 
 /// One statement that changes a session setting.
@@ -386,14 +386,14 @@ pub fn rewrite_resets(sql: &str, changes: &[SettingChange], startup: &ParamSet, 
     if !affected && !force {
         return None;
     }
-    let stmts = split(sql)?;
+    let stmts = statements(sql)?;
     if stmts.len() != changes.len() {
         return None;
     }
     let mut out = Rewritten::default();
     for (stmt, c) in stmts.into_iter().zip(changes) {
         match c {
-            SettingChange::Deallocate { name } if known_change(stmt).as_ref() != Some(c) => {
+            SettingChange::Deallocate { name } if change(stmt).as_ref() != Some(c) => {
                 out.push(&format!("DEALLOCATE {name}"), c.clone(), false);
             }
             _ => out.push(stmt, c.clone(), false),

@@ -25,7 +25,7 @@ pub const SET_WITH_TRANSACTION_CONTROL: &str = "SET followed by BEGIN or ROLLBAC
 
 /// Splits SQL into statements on semicolons outside quotes and comments; `None` for text it
 /// does not fully understand (dollar quoting, unterminated quotes).
-fn statements(sql: &str) -> Option<Vec<&str>> {
+pub(super) fn statements(sql: &str) -> Option<Vec<&str>> {
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let (mut start, mut i) = (0, 0);
@@ -127,7 +127,7 @@ fn after_savepoint_keyword(rest: &str) -> &str {
 
 /// Reads one statement; `None` for anything that is not a SET, RESET or savepoint statement
 /// sluice understands.
-fn change(stmt: &str) -> Option<SettingChange> {
+pub(super) fn change(stmt: &str) -> Option<SettingChange> {
     if let Some(rest) = keyword(stmt, "SAVEPOINT") {
         return savepoint_name(rest).map(|name| SettingChange::Savepoint { name });
     }
@@ -302,14 +302,4 @@ pub fn read_statement(sql: &str) -> SettingChange {
 /// Whether a statement starts or ends a transaction block.
 fn is_transaction_control(stmt: &str) -> bool {
     ["BEGIN", "START", "COMMIT", "END", "ABORT", "PREPARE"].iter().any(|k| keyword(stmt, k).is_some())
-}
-
-/// The statements of `sql`, as [`read_query`] splits them.
-pub(super) fn split(sql: &str) -> Option<Vec<&str>> {
-    statements(sql)
-}
-
-/// Reads one statement as [`read_query`] reads each (used to check a rewrite).
-pub(super) fn known_change(stmt: &str) -> Option<SettingChange> {
-    change(stmt)
 }
